@@ -1,13 +1,21 @@
 """Network providers: the in-memory simulated network and real TCP."""
 
 from moonpool.net._address import Address, InvalidAddress, parse_address
+from moonpool.net._chaos import FAULT_FAMILIES, ChaosConfig, LatencyConfig
 from moonpool.net._provider import AddressInUse, Listener, NetworkProvider
+from moonpool.net._sim_network import SimListener, SimNetwork, SimStream
 
 __all__ = [
+    "FAULT_FAMILIES",
     "Address",
     "AddressInUse",
+    "ChaosConfig",
     "InvalidAddress",
+    "LatencyConfig",
     "Listener",
     "NetworkProvider",
+    "SimListener",
+    "SimNetwork",
+    "SimStream",
     "parse_address",
 ]

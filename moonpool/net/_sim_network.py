@@ -1,0 +1,461 @@
+"""The in-memory simulated network.
+
+``SimNetwork`` behaves like TCP where programs rely on it -- ordered, reliable
+byte streams, half-close, backpressure, refused connects -- and misbehaves like a
+real network where programs must cope, as :class:`~moonpool.net.ChaosConfig`
+says.  It never starts a background task: a write computes when each byte will
+arrive (latency, clogging, partitions) and queues it; a read waits until the head
+of its queue is due.  Time is trio's clock, so under the simulation's autojump
+``MockClock`` a one-second latency costs no wall time, and all randomness comes
+from the seed, so a run replays exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, Self, final
+
+import anyio
+import anyio.abc
+import trio
+from anyio.abc import SocketAttribute
+
+from moonpool.net._address import Address, parse_address
+from moonpool.net._chaos import ChaosConfig
+from moonpool.net._faults import FaultInjector, Partition
+from moonpool.net._provider import AddressInUse
+from moonpool.sim._buggify import buggify
+from moonpool.sim._state import current_run
+
+__all__ = ["SimListener", "SimNetwork", "SimStream"]
+
+DEFAULT_BUFFER_SIZE = 256 * 1024
+DEFAULT_CONNECT_TIMEOUT = 10.0
+_EPHEMERAL_PORT_START = 40000
+
+
+class _Direction:
+    """Bytes travelling one way over a connection, each chunk with its arrival time."""
+
+    __slots__ = (
+        "broken",
+        "chunks",
+        "clogged_until",
+        "eof_at",
+        "in_flight",
+        "last_arrival",
+        "readable",
+        "writable",
+    )
+
+    def __init__(self) -> None:
+        self.chunks: deque[tuple[float, bytes]] = deque()
+        self.in_flight = 0  # bytes queued and not yet received: the backpressure measure
+        self.last_arrival = 0.0
+        self.clogged_until = 0.0
+        self.eof_at: float | None = None
+        self.broken = False
+        self.readable = trio.lowlevel.ParkingLot()
+        self.writable = trio.lowlevel.ParkingLot()
+
+    def wake_all(self) -> None:
+        self.readable.unpark_all()
+        self.writable.unpark_all()
+
+
+class _Connection:
+    """Both directions of one connection and the reset that breaks them together."""
+
+    __slots__ = ("client", "forward", "id", "reverse", "server")
+
+    def __init__(self, connection_id: int, client: Address, server: Address) -> None:
+        self.id = connection_id
+        self.client = client
+        self.server = server
+        self.forward = _Direction()  # client -> server
+        self.reverse = _Direction()  # server -> client
+
+    def reset(self) -> None:
+        for direction in (self.forward, self.reverse):
+            direction.broken = True
+            direction.chunks.clear()
+            direction.in_flight = 0
+            direction.wake_all()
+
+
+@final
+class SimStream(anyio.abc.ByteStream):
+    """One end of a simulated TCP connection; an ``anyio.abc.ByteStream``."""
+
+    def __init__(
+        self,
+        world: _World,
+        connection: _Connection,
+        outgoing: _Direction,
+        incoming: _Direction,
+        local: Address,
+        remote: Address,
+    ) -> None:
+        self._world = world
+        self._connection = connection
+        self._out = outgoing
+        self._in = incoming
+        self._local = local
+        self._remote = remote
+        self._closed = False
+        self._eof_sent = False
+        self._receiving = False
+        self._sending = False
+
+    def __repr__(self) -> str:
+        return f"<SimStream {self._local} -> {self._remote} #{self._connection.id}>"
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {
+            SocketAttribute.local_address: lambda: (self._local.host, self._local.port),
+            SocketAttribute.remote_address: lambda: (self._remote.host, self._remote.port),
+        }
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._receiving:
+            raise anyio.BusyResourceError("receiving")
+        self._receiving = True
+        try:
+            return await self._receive(max_bytes)
+        finally:
+            self._receiving = False
+
+    async def _receive(self, max_bytes: int) -> bytes:
+        direction = self._in
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if direction.broken:
+                raise anyio.BrokenResourceError(f"connection {self} was reset")
+            now = trio.current_time()
+            chunks = direction.chunks
+            if chunks and chunks[0][0] <= now:
+                data = self._take_ready(now, max_bytes)
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
+            if not chunks and direction.eof_at is not None and direction.eof_at <= now:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                raise anyio.EndOfStream
+            wake_at = chunks[0][0] if chunks else (direction.eof_at or math.inf)
+            with trio.move_on_at(wake_at):
+                await direction.readable.park()
+
+    def _take_ready(self, now: float, max_bytes: int) -> bytes:
+        """Coalesce every due chunk (up to ``max_bytes``), as a kernel buffer would."""
+        direction = self._in
+        chunks = direction.chunks
+        parts: list[bytes] = []
+        taken = 0
+        while chunks and chunks[0][0] <= now and taken < max_bytes:
+            arrival, data = chunks[0]
+            room = max_bytes - taken
+            if len(data) > room:
+                parts.append(data[:room])
+                chunks[0] = (arrival, data[room:])
+                taken += room
+            else:
+                chunks.popleft()
+                parts.append(data)
+                taken += len(data)
+        result = parts[0] if len(parts) == 1 else b"".join(parts)
+        keep = self._world.faults.short_read(len(result))
+        if keep == len(result) and len(result) > 1 and buggify():
+            keep = 1
+        if keep < len(result):
+            chunks.appendleft((now, result[keep:]))
+            result = result[:keep]
+        direction.in_flight -= len(result)
+        direction.writable.unpark_all()
+        return result
+
+    async def send(self, item: bytes) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._sending:
+            raise anyio.BusyResourceError("sending")
+        self._sending = True
+        try:
+            await self._send(bytes(item))
+        finally:
+            self._sending = False
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _check_sendable(self) -> None:
+        if self._closed or self._eof_sent:
+            raise anyio.ClosedResourceError
+        if self._out.broken:
+            raise anyio.BrokenResourceError(f"connection {self} was reset")
+
+    async def _send(self, data: bytes) -> None:
+        self._check_sendable()
+        world, direction = self._world, self._out
+        src, dst = self._local.host, self._remote.host
+        if world.faults.resets(src, dst):
+            self._connection.reset()
+            raise anyio.BrokenResourceError(f"connection {self} was reset (simulated)")
+        points = world.faults.split_points(len(data))
+        if not points and len(data) > 1 and buggify():
+            points = [len(data) // 2]
+        pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+        capacity = world.buffer_size
+        for piece in pieces:
+            view = piece
+            while view:
+                # Backpressure: wait while the receiver has a full buffer of unread bytes.
+                while direction.in_flight >= capacity:
+                    await direction.writable.park()
+                    self._check_sendable()
+                room = capacity - direction.in_flight
+                part, view = view[:room], view[room:]
+                self._enqueue(part)
+
+    def _enqueue(self, data: bytes) -> None:
+        world, direction = self._world, self._out
+        src, dst = self._local.host, self._remote.host
+        now = trio.current_time()
+        arrival = now + world.faults.latency(src, dst)
+        clog = world.faults.clog_duration(src, dst)
+        if clog:
+            direction.clogged_until = max(direction.clogged_until, now + clog)
+        blocked_until = world.faults.partition_until(src, dst, now)
+        arrival = max(
+            arrival, direction.last_arrival, direction.clogged_until, blocked_until or 0.0
+        )
+        direction.last_arrival = arrival
+        direction.chunks.append((arrival, world.faults.maybe_flip_bit(data)))
+        direction.in_flight += len(data)
+        direction.readable.unpark_all()
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._eof_sent or self._out.broken:
+            return
+        self._eof_sent = True
+        self._queue_eof()
+
+    def _queue_eof(self) -> None:
+        direction = self._out
+        now = trio.current_time()
+        latency = self._world.faults.latency(self._local.host, self._remote.host)
+        direction.eof_at = max(now + latency, direction.last_arrival, direction.clogged_until)
+        direction.readable.unpark_all()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if not self._eof_sent and not self._out.broken:
+                self._eof_sent = True
+                self._queue_eof()
+            # Whatever the other side still sends has nowhere to go: its writes break,
+            # like writes to a closed TCP socket draw a reset.
+            incoming = self._in
+            incoming.broken = True
+            incoming.chunks.clear()
+            incoming.in_flight = 0
+            incoming.wake_all()
+            self._out.writable.unpark_all()
+        await trio.lowlevel.checkpoint()
+
+
+@final
+class SimListener:
+    """A listening endpoint of the simulated network (see :class:`~moonpool.net.Listener`)."""
+
+    def __init__(self, world: _World, address: Address) -> None:
+        self._world = world
+        self._address = address
+        self._pending: deque[SimStream] = deque()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._closed = False
+
+    @property
+    def address(self) -> str:
+        return str(self._address)
+
+    def _deliver(self, stream: SimStream) -> None:
+        self._pending.append(stream)
+        self._lot.unpark()
+
+    async def accept(self) -> SimStream:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._pending:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            await self._lot.park()
+        if self._closed:
+            raise anyio.ClosedResourceError
+        stream = self._pending.popleft()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return stream
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._world.listeners.pop(self._address, None)
+            while self._pending:
+                self._pending.popleft()._connection.reset()
+            self._lot.unpark_all()
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class _World:
+    """State shared by every host's view of one simulated network."""
+
+    def __init__(self, seed: int, chaos: ChaosConfig, buffer_size: int) -> None:
+        self.hosts: list[str] = []
+        self.faults = FaultInjector(seed, chaos, lambda: self.hosts, self._trace_fault)
+        self.buffer_size = buffer_size
+        self.listeners: dict[Address, SimListener] = {}
+        self.next_port: dict[str, int] = {}
+        self.connections = 0
+
+    @staticmethod
+    def _trace_fault(family: str, detail: str) -> None:
+        run = current_run()
+        if run is not None:
+            run.trace_text(f"fault:{family}:{detail}")
+
+    def add_host(self, host: str) -> None:
+        if host not in self.hosts:
+            self.hosts.append(host)
+
+    def ephemeral_port(self, host: str) -> int:
+        port = self.next_port.get(host, _EPHEMERAL_PORT_START)
+        self.next_port[host] = port + 1
+        return port
+
+
+@final
+class SimNetwork:
+    """An in-memory network with seeded fault injection; a ``NetworkProvider``.
+
+    One ``SimNetwork`` is one host's view: ``connect`` originates from
+    :attr:`host`.  :meth:`for_host` returns the view of another host on the same
+    network -- the simulation gives each workload its own.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        chaos: ChaosConfig | None = None,
+        host: str = "local",
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        _world: _World | None = None,
+    ) -> None:
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        self._world = _world or _World(seed, chaos or ChaosConfig.none(), buffer_size)
+        self._world.add_host(host)
+        self.host = host
+        self.connect_timeout = connect_timeout
+
+    def __repr__(self) -> str:
+        return f"<SimNetwork host={self.host!r}>"
+
+    def for_host(self, host: str) -> SimNetwork:
+        """This network as seen from ``host``."""
+        return SimNetwork(host=host, connect_timeout=self.connect_timeout, _world=self._world)
+
+    @property
+    def chaos(self) -> ChaosConfig:
+        return self._world.faults.chaos
+
+    @property
+    def fault_counts(self) -> dict[str, int]:
+        """Faults injected so far, per family."""
+        return dict(self._world.faults.counts)
+
+    # -- manual faults, for tests that need one at a known time --------------------
+
+    def partition(self, a: str, b: str, duration: float) -> None:
+        """Cut traffic between hosts ``a`` and ``b`` for ``duration`` seconds from now."""
+        now = trio.current_time()
+        self._world.faults.partitions.add(Partition(a, b, now, now + duration))
+        self._world.faults.record("partition", f"{a}|{b} manual")
+
+    def isolate(self, host: str, duration: float) -> None:
+        """Cut ``host`` off from every other host for ``duration`` seconds from now."""
+        now = trio.current_time()
+        self._world.faults.partitions.add(Partition(host, None, now, now + duration))
+        self._world.faults.record("partition", f"{host} isolated manual")
+
+    # -- NetworkProvider ------------------------------------------------------------
+
+    async def listen(self, address: str) -> SimListener:
+        parsed = parse_address(address)
+        await trio.lowlevel.checkpoint()
+        world = self._world
+        if parsed.port == 0:
+            port = world.ephemeral_port(parsed.host)
+            while Address(parsed.host, port) in world.listeners:
+                port = world.ephemeral_port(parsed.host)
+            parsed = Address(parsed.host, port)
+        if parsed in world.listeners:
+            raise AddressInUse(f"cannot listen on {parsed}: address already in use")
+        world.add_host(parsed.host)
+        listener = SimListener(world, parsed)
+        world.listeners[parsed] = listener
+        return listener
+
+    async def connect(self, address: str) -> SimStream:
+        target = parse_address(address)
+        world, faults = self._world, self._world.faults
+        await trio.lowlevel.checkpoint()
+        delay = faults.connect_delay(self.host, address)
+        if buggify():
+            delay += 0.5
+        # The handshake is a round trip; a partition holds it until healed or timed out.
+        delay += faults.latency(self.host, target.host) + faults.latency(target.host, self.host)
+        now = trio.current_time()
+        blocked = faults.partition_until(self.host, target.host, now)
+        if blocked is not None:
+            delay = max(delay, blocked - now)
+        if delay >= self.connect_timeout:
+            await trio.sleep(self.connect_timeout)
+            raise TimeoutError(
+                f"connect to {address} from {self.host} timed out after {self.connect_timeout}s"
+                + (" (network partition)" if blocked is not None else "")
+            )
+        if delay > 0:
+            await trio.sleep(delay)
+        if faults.connect_fails(self.host, address):
+            raise ConnectionRefusedError(f"connection to {address} refused (simulated fault)")
+        listener = world.listeners.get(target)
+        if listener is None or listener._closed:
+            raise ConnectionRefusedError(f"connection to {address} refused: nothing listens there")
+        world.connections += 1
+        local = Address(self.host, world.ephemeral_port(self.host))
+        connection = _Connection(world.connections, local, target)
+        client = SimStream(world, connection, connection.forward, connection.reverse, local, target)
+        server = SimStream(world, connection, connection.reverse, connection.forward, target, local)
+        run = current_run()
+        if run is not None:
+            run.trace_text(f"connect:{local}->{target}")
+        listener._deliver(server)
+        return client

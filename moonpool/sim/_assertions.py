@@ -1,0 +1,67 @@
+"""Antithesis/FoundationDB-style assertions that are tallied across iterations.
+
+``always`` and ``unreachable`` are safety properties: one violation fails the
+iteration (and raises at the call, so the traceback points at it).
+``sometimes`` and ``reachable`` are liveness hints: they must be satisfied in at
+least one iteration of the simulation, otherwise the report marks them MISS --
+which usually means the test never exercised the path it claims to cover.
+
+A site is identified by its kind and message, so use a distinct message per site.
+Outside a simulation every function here does nothing.
+"""
+
+from __future__ import annotations
+
+from moonpool.sim._state import AssertionRecord, current_run
+
+__all__ = ["AssertionViolation", "always", "reachable", "sometimes", "unreachable"]
+
+
+class AssertionViolation(AssertionError):
+    """An ``always`` was false or an ``unreachable`` was reached inside a simulation."""
+
+
+def _record(kind: str, message: str, condition: bool) -> AssertionRecord | None:
+    run = current_run()
+    if run is None:
+        return None
+    key = (kind, message)
+    record = run.assertions.get(key)
+    if record is None:
+        record = run.assertions[key] = AssertionRecord(kind, message)
+    record.hits += 1
+    if condition:
+        record.true_count += 1
+    else:
+        record.false_count += 1
+    return record
+
+
+def always(condition: bool, message: str) -> None:
+    """Assert ``condition`` every time this line runs in a simulation."""
+    if _record("always", message, bool(condition)) is not None and not condition:
+        _violate(f"always({message!r}) was false")
+
+
+def sometimes(condition: bool, message: str) -> None:
+    """Require ``condition`` to be true at least once across the simulation's iterations."""
+    _record("sometimes", message, bool(condition))
+
+
+def reachable(message: str) -> None:
+    """Require this line to run at least once across the simulation's iterations."""
+    _record("reachable", message, True)
+
+
+def unreachable(message: str) -> None:
+    """Fail the iteration if this line ever runs in a simulation."""
+    if _record("unreachable", message, True) is not None:
+        _violate(f"unreachable({message!r}) was reached")
+
+
+def _violate(description: str) -> None:
+    run = current_run()
+    assert run is not None
+    run.assertion_failures.append(description)
+    run.trace_text(f"violation:{description}")
+    raise AssertionViolation(description)

@@ -1,0 +1,182 @@
+"""The result of a simulation: per-seed runs, failures, assertion table, fault counts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, final
+
+import msgspec
+
+__all__ = [
+    "AssertionSummary",
+    "FailureRecord",
+    "RunRecord",
+    "SimulationFailed",
+    "SimulationReport",
+]
+
+
+@final
+@dataclass(frozen=True)
+class RunRecord:
+    """One iteration: its seed, whether it passed, and what it cost."""
+
+    seed: int
+    ok: bool
+    sim_time: float
+    wall_time: float
+    events: int
+    trace_hash: str
+    faults: Mapping[str, int] = field(default_factory=dict)
+
+
+@final
+@dataclass(frozen=True)
+class FailureRecord:
+    """Why one seed failed, and how to replay it."""
+
+    seed: int
+    kind: str
+    error: str
+    traceback: str
+    sim_time: float
+    replay: str
+
+
+@final
+@dataclass(frozen=True)
+class AssertionSummary:
+    """One assertion site tallied over all iterations."""
+
+    kind: str
+    message: str
+    hits: int
+    true_count: int
+    false_count: int
+
+    @property
+    def status(self) -> str:
+        """PASS, FAIL (a safety property was violated) or MISS (never satisfied)."""
+        if self.kind in ("always", "unreachable"):
+            violated = self.false_count if self.kind == "always" else self.hits
+            return "FAIL" if violated else "PASS"
+        return "PASS" if self.true_count else "MISS"
+
+
+class SimulationFailed(AssertionError):
+    """Raised by :meth:`SimulationReport.assert_success`; its message says how to replay."""
+
+    def __init__(self, message: str, report: SimulationReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@final
+@dataclass(frozen=True)
+class SimulationReport:
+    runs: Sequence[RunRecord]
+    failures: Sequence[FailureRecord]
+    assertions: Sequence[AssertionSummary]
+    fault_totals: Mapping[str, int]
+    wall_time: float
+    chaos: Mapping[str, Any] | None = None
+    buggify: bool = False
+
+    @property
+    def iterations(self) -> int:
+        return len(self.runs)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.missed_assertions and not self.failed_assertions
+
+    @property
+    def missed_assertions(self) -> list[AssertionSummary]:
+        return [a for a in self.assertions if a.status == "MISS"]
+
+    @property
+    def failed_assertions(self) -> list[AssertionSummary]:
+        return [a for a in self.assertions if a.status == "FAIL"]
+
+    @property
+    def total_events(self) -> int:
+        return sum(run.events for run in self.runs)
+
+    @property
+    def total_sim_time(self) -> float:
+        return sum(run.sim_time for run in self.runs)
+
+    def assert_success(self) -> None:
+        """Raise :class:`SimulationFailed` unless every seed passed and no assertion missed."""
+        if self.ok:
+            return
+        lines: list[str] = []
+        if self.failures:
+            lines.append(f"{len(self.failures)} of {self.iterations} seeds failed:")
+            for failure in self.failures[:10]:
+                lines.append(f"  seed {failure.seed}: [{failure.kind}] {failure.error}")
+                lines.append(f"    replay: {failure.replay}")
+            if len(self.failures) > 10:
+                lines.append(f"  ... and {len(self.failures) - 10} more")
+            lines.append("")
+            lines.append(f"First failure (seed {self.failures[0].seed}):")
+            lines.append(self.failures[0].traceback.rstrip())
+        for summary in self.failed_assertions:
+            lines.append(f"assertion FAILED: {summary.kind}({summary.message!r})")
+        for summary in self.missed_assertions:
+            lines.append(
+                f"assertion never satisfied in {self.iterations} iterations (MISS): "
+                f"{summary.kind}({summary.message!r}) -- hit {summary.hits} times"
+            )
+        raise SimulationFailed("\n".join(lines), self)
+
+    def to_json(self) -> str:
+        """The whole report as JSON, for tools and regression tracking."""
+        document = {
+            "ok": self.ok,
+            "iterations": self.iterations,
+            "wall_time": self.wall_time,
+            "total_events": self.total_events,
+            "total_sim_time": self.total_sim_time,
+            "buggify": self.buggify,
+            "chaos": self.chaos,
+            "fault_totals": dict(self.fault_totals),
+            "runs": [asdict(run) for run in self.runs],
+            "failures": [asdict(failure) for failure in self.failures],
+            "assertions": [
+                {**asdict(summary), "status": summary.status} for summary in self.assertions
+            ],
+        }
+        return msgspec.json.encode(document).decode()
+
+    def __str__(self) -> str:
+        passed = self.iterations - len(self.failures)
+        rate = self.iterations / self.wall_time if self.wall_time > 0 else 0.0
+        lines = [
+            "moonpool simulation report",
+            f"  iterations: {self.iterations} ({passed} passed, {len(self.failures)} failed)"
+            f" in {self.wall_time:.2f}s wall ({rate:.1f} seeds/s)",
+            f"  simulated:  {self.total_sim_time:.2f}s sim time, {self.total_events} task steps",
+            f"  buggify:    {'on' if self.buggify else 'off'}",
+        ]
+        if self.fault_totals:
+            lines.append("  faults injected:")
+            for family, count in sorted(self.fault_totals.items()):
+                lines.append(f"    {family:<16} {count}")
+        else:
+            lines.append("  faults injected: none")
+        if self.assertions:
+            lines.append("  assertions:")
+            for s in sorted(self.assertions, key=lambda a: (a.kind, a.message)):
+                lines.append(
+                    f"    {s.status:<4} {s.kind:<11} hits={s.hits:<6} true={s.true_count:<6} "
+                    f"false={s.false_count:<6} {s.message}"
+                )
+        if self.failures:
+            lines.append("  failures:")
+            for failure in self.failures[:20]:
+                lines.append(f"    seed {failure.seed} [{failure.kind}] {failure.error}")
+                lines.append(f"      replay: {failure.replay}")
+        lines.append(f"  result: {'SUCCESS' if self.ok else 'FAILURE'}")
+        return "\n".join(lines)

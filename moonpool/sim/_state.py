@@ -1,0 +1,115 @@
+"""The state of the one simulation iteration currently running, if any.
+
+Simulation helpers (``buggify``, the assertions, the simulated network) need the
+run's seed-derived state without the user threading it through every call.  A
+:class:`contextvars.ContextVar` set around ``trio.run`` does that: every task of
+the run inherits it, code outside a simulation sees ``None`` and turns into a
+no-op, and two simulations on two threads cannot see each other.
+"""
+
+from __future__ import annotations
+
+import random
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+__all__ = ["SimRun", "current_run", "derive_random", "in_simulation", "sim_random", "stable_hash"]
+
+_FNV_PRIME = 0x100000001B3
+_MASK64 = 0xFFFFFFFFFFFFFFFF
+
+
+def stable_hash(text: str) -> int:
+    """A 64-bit FNV-1a hash of ``text``: unlike ``hash()``, the same in every process."""
+    value = 0xCBF29CE484222325
+    for byte in text.encode():
+        value = ((value ^ byte) * _FNV_PRIME) & _MASK64
+    return value
+
+
+def derive_random(seed: int, stream: str) -> random.Random:
+    """An independent, reproducible random stream for one part of a run.
+
+    Separate streams keep parts from perturbing each other: a network fault
+    decision added in a new release does not change which request a workload
+    picks.  String seeds are hashed with SHA-512 by ``random.Random``, so the
+    result does not depend on ``PYTHONHASHSEED``.
+    """
+    return random.Random(f"moonpool/{seed}/{stream}")
+
+
+@dataclass(eq=False)
+class AssertionRecord:
+    """Per-site counts for one ``always``/``sometimes``/``reachable``/``unreachable``."""
+
+    kind: str
+    message: str
+    hits: int = 0
+    true_count: int = 0
+    false_count: int = 0
+
+
+@dataclass(eq=False)
+class SimRun:
+    """Everything one iteration accumulates; owned by the runtime, read by helpers."""
+
+    seed: int
+    buggify_enabled: bool
+    buggify_activation: float = 0.25
+    events: int = 0
+    trace_hash: int = 0xCBF29CE484222325
+    faults: dict[str, int] = field(default_factory=dict)
+    assertions: dict[tuple[str, str], AssertionRecord] = field(default_factory=dict)
+    assertion_failures: list[str] = field(default_factory=list)
+    buggify_sites: dict[str, bool] = field(default_factory=dict)
+    buggify_random: random.Random = field(init=False)
+    random: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.buggify_random = derive_random(self.seed, "buggify")
+        self.random = derive_random(self.seed, "sim")
+
+    def trace(self, value: int) -> None:
+        """Fold one observed event into the trace hash (FNV-1a over 64-bit words)."""
+        self.trace_hash = ((self.trace_hash ^ (value & _MASK64)) * _FNV_PRIME) & _MASK64
+
+    def trace_text(self, text: str) -> None:
+        self.trace(stable_hash(text))
+
+    def record_fault(self, family: str, detail: str = "") -> None:
+        """Count an injected fault and make it part of the trace."""
+        self.faults[family] = self.faults.get(family, 0) + 1
+        self.trace_text(f"fault:{family}:{detail}")
+
+
+_current: ContextVar[SimRun | None] = ContextVar("moonpool_sim_run", default=None)
+
+
+def current_run() -> SimRun | None:
+    """The running iteration's state, or ``None`` outside a simulation."""
+    return _current.get()
+
+
+def set_current_run(run: SimRun | None) -> object:
+    return _current.set(run)
+
+
+def reset_current_run(token: object) -> None:
+    _current.reset(token)  # type: ignore[arg-type]
+
+
+def in_simulation() -> bool:
+    """True inside a simulation iteration."""
+    return _current.get() is not None
+
+
+def sim_random() -> random.Random:
+    """The current simulation's seeded random stream, for code that has no ``ctx``.
+
+    Raises ``RuntimeError`` outside a simulation: code that needs randomness in
+    both worlds should take a ``random.Random`` argument instead.
+    """
+    run = _current.get()
+    if run is None:
+        raise RuntimeError("moonpool.sim.random() called outside a simulation")
+    return run.random

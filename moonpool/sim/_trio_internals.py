@@ -1,0 +1,87 @@
+"""Every private trio detail the simulation runtime depends on, in one place.
+
+trio has no public API for two things a deterministic simulator needs:
+
+1. **A seeded scheduler.**  trio already randomises the order in which tasks that
+   became runnable together are stepped (so that programs do not grow hidden
+   ordering assumptions).  Under Hypothesis it makes that order reproducible by
+   sorting each batch by task creation order and shuffling it with a module-level
+   ``random.Random`` (``trio._core._run._r``).  We switch on the same mode and seed
+   that generator from the simulation seed, so "which ready task runs first" is a
+   pure function of the seed -- and still varies between seeds, which is how races
+   get explored.
+2. **A cheap idleness probe.**  Deadlock detection runs on every turn of the run
+   loop; it needs "is the run queue empty?" and "when is the next deadline?".
+   ``trio.lowlevel.current_statistics()`` answers both but also gathers I/O
+   statistics, which is too slow to call per turn, so we read the runner directly.
+
+``tests/sim/test_trio_internals.py`` exercises each of these against the installed
+trio; if an upgrade moves them, that test fails loudly and the pin in
+``pyproject.toml`` must not be widened until this module is fixed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import trio._core._run as _trio_run
+
+__all__ = ["RunnerProbe", "current_runner_probe", "seeded_scheduler"]
+
+
+@contextmanager
+def seeded_scheduler(seed: int) -> Iterator[None]:
+    """Make trio's batch order a function of ``seed`` for the duration of the block.
+
+    The previous mode and generator state are restored afterwards, so a real
+    ``trio.run`` later in the same process is unaffected.
+    """
+    generator: random.Random = _trio_run._r
+    saved_state = generator.getstate()
+    saved_flag = _trio_run._ALLOW_DETERMINISTIC_SCHEDULING
+    _trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
+    generator.seed(seed)
+    try:
+        yield
+    finally:
+        _trio_run._ALLOW_DETERMINISTIC_SCHEDULING = saved_flag  # type: ignore[misc]
+        generator.setstate(saved_state)
+
+
+class RunnerProbe(Protocol):
+    def has_runnable_tasks(self) -> bool: ...
+
+    def next_deadline(self) -> float: ...
+
+    def has_idle_waiters(self) -> bool: ...
+
+
+class _Probe:
+    __slots__ = ("_deadlines", "_runq", "_waiting_for_idle")
+
+    def __init__(self, runner: Any) -> None:
+        self._runq = runner.runq
+        self._deadlines = runner.deadlines
+        self._waiting_for_idle = runner.waiting_for_idle
+
+    def has_runnable_tasks(self) -> bool:
+        return bool(self._runq)
+
+    def next_deadline(self) -> float:
+        deadline: float = self._deadlines.next_deadline()
+        return deadline
+
+    def has_idle_waiters(self) -> bool:
+        """True while a task sits in ``trio.testing.wait_all_tasks_blocked``."""
+        return bool(self._waiting_for_idle)
+
+
+def current_runner_probe() -> RunnerProbe:
+    """A probe on the runner of the trio run this thread is inside.
+
+    Valid from an instrument's ``before_run`` hook onwards.
+    """
+    return _Probe(_trio_run.GLOBAL_RUN_CONTEXT.runner)
