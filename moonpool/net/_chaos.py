@@ -20,6 +20,7 @@ Fault families (names used as keys in the report's fault counts):
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Literal
 
@@ -56,8 +57,11 @@ class LatencyConfig(msgspec.Struct, frozen=True, kw_only=True):
     per_pair: bool = True
 
     def __post_init__(self) -> None:
-        if self.low < 0 or self.high < self.low:
-            raise ValueError(f"latency needs 0 <= low <= high, got low={self.low} high={self.high}")
+        # Written so that NaN fails too; an infinite latency would never deliver.
+        if not (0 <= self.low <= self.high < math.inf):
+            raise ValueError(
+                f"latency needs finite 0 <= low <= high, got low={self.low} high={self.high}"
+            )
 
     def sample(self, rng: random.Random) -> float:
         if self.distribution == "fixed":
@@ -77,8 +81,9 @@ def _check_probability(name: str, value: float) -> None:
 
 def _check_range(name: str, value: tuple[float, float]) -> None:
     low, high = value
-    if low < 0 or high < low:
-        raise ValueError(f"ChaosConfig.{name} needs 0 <= low <= high, got {value!r}")
+    # Written so that NaN fails too; an infinite duration would never come due.
+    if not (0 <= low <= high < math.inf):
+        raise ValueError(f"ChaosConfig.{name} needs finite 0 <= low <= high, got {value!r}")
 
 
 class ChaosConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,9 +115,12 @@ class ChaosConfig(msgspec.Struct, frozen=True, kw_only=True):
             _check_probability(name, getattr(self, name))
         for name in ("connect_delay_range", "partition_duration", "clog_duration"):
             _check_range(name, getattr(self, name))
-        if self.partition_interval is not None and self.partition_interval <= 0:
+        interval = self.partition_interval
+        # NaN slipped through a plain ``<= 0`` test, and inf crashed the network's
+        # Poisson draw (expovariate(1/inf)); None is how to say "no partitions".
+        if interval is not None and not 0 < interval < math.inf:
             raise ValueError(
-                f"ChaosConfig.partition_interval must be > 0 seconds or None, "
+                f"ChaosConfig.partition_interval must be finite and > 0 seconds, or None, "
                 f"got {self.partition_interval!r}"
             )
 

@@ -81,8 +81,13 @@ ENV_SEED = "MOONPOOL_SEED"
 ENV_ITERATIONS = "MOONPOOL_ITERATIONS"
 
 
+#: How failure reports say to replay a seed when the builder was not told; the
+#: pytest plugin points it at the running test, the CLI at its own command line.
+replay_template: str = "SimulationBuilder().set_seeds([{seed}])"
+
+
 def _default_replay(seed: int) -> str:
-    return f"SimulationBuilder().set_seeds([{seed}]) or pytest --moonpool-seed {seed}"
+    return replay_template.format(seed=seed)
 
 
 class SimulationBuilder:
@@ -197,17 +202,19 @@ class SimulationBuilder:
 
     # -- running --------------------------------------------------------------------
 
+    def override_iterations(self, count: int) -> Self:
+        """Change the iteration count, keeping the kind of iteration control."""
+        if isinstance(self._control, UntilAllSometimesReached):
+            return self.set_iteration_control(UntilAllSometimesReached(count))
+        return self.set_iteration_control(FixedCount(count))
+
     def _apply_environment(self) -> None:
         seed = os.environ.get(ENV_SEED)
         if seed and self._seeds is None:
             self.set_seeds([int(part) for part in seed.split(",")])
         iterations = os.environ.get(ENV_ITERATIONS)
         if iterations and self._seeds is None:
-            count = int(iterations)
-            if isinstance(self._control, UntilAllSometimesReached):
-                self._control = UntilAllSometimesReached(count)
-            else:
-                self._control = FixedCount(count)
+            self.override_iterations(int(iterations))
 
     def _seed_stream(self) -> Iterator[int]:
         if self._seeds is not None:

@@ -115,6 +115,7 @@ class _Supervisor(trio.abc.Instrument):
         self._task_index: dict[trio.lowlevel.Task, int] = {}
         self._probe: RunnerProbe | None = None
         self._turns = 0
+        self._last_time = 0.0
         self._wall_deadline = time.perf_counter() + config.wall_time_budget
 
     # -- trio.abc.Instrument hooks ------------------------------------------------
@@ -137,6 +138,12 @@ class _Supervisor(trio.abc.Instrument):
         probe = self._probe
         assert probe is not None
         self._turns += 1
+        now = self.clock.current_time()
+        if now != self._last_time:
+            # Time is part of the trace: a run that does the same steps at other
+            # times (say, sleeps computed from the wall clock) is a different run.
+            self._last_time = now
+            self.run.trace(hash(now))  # float hashes are not salted by PYTHONHASHSEED
         if self._turns & 0xFF == 0 and time.perf_counter() > self._wall_deadline:
             self.fail(
                 "wall_time_budget",
@@ -153,7 +160,6 @@ class _Supervisor(trio.abc.Instrument):
         ):
             return
         next_deadline = probe.next_deadline()
-        now = self.clock.current_time()
         if next_deadline == inf:
             after = f" after shutdown ({self.shutdown_reason})" if self.shutdown_reason else ""
             self.fail(

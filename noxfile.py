@@ -1,0 +1,51 @@
+"""Developer sessions: ``nox -s tests chaos real_network lint typecheck bench``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The default test suite (the README's test command): unit, simulation, fast real-network."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "not slow", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def chaos(session: nox.Session) -> None:
+    """Many seeds under full chaos (swarm mode): slow, run before releases and nightly."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "slow and not real_network", "-p", "no:randomly", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def real_network(session: nox.Session) -> None:
+    """Every real-socket test (loopback only), on trio and asyncio."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "real_network", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+    session.run("mypy", "--strict")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Ratio benchmarks against raw baselines measured in the same run."""
+    session.install("-e", ".")
+    session.run("python", "-m", "benchmarks", *session.posargs)

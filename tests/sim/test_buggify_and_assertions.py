@@ -1,0 +1,153 @@
+"""buggify sites and the assertion table, inside and outside simulations."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.lowlevel
+
+from moonpool.sim import (
+    ChaosConfig,
+    FixedCount,
+    SimulationBuilder,
+    UntilAllSometimesReached,
+    WorkloadContext,
+    always,
+    buggify,
+    buggify_with_prob,
+    reachable,
+    sometimes,
+    unreachable,
+)
+from moonpool.sim import random as sim_random
+
+
+def test_everything_is_a_noop_outside_a_simulation() -> None:
+    assert buggify() is False
+    assert buggify_with_prob(1.0) is False
+    always(False, "outside")  # must not raise
+    unreachable("outside")
+    sometimes(False, "outside")
+    reachable("outside")
+    with pytest.raises(RuntimeError, match="outside a simulation"):
+        sim_random()
+
+
+def test_buggify_probability_is_validated() -> None:
+    with pytest.raises(ValueError, match=r"within \[0, 1\]"):
+        buggify_with_prob(1.5)
+
+
+fired: dict[int, list[bool]] = {}
+
+
+async def two_sites(ctx: WorkloadContext) -> None:
+    results = []
+    for _ in range(50):
+        results.append(buggify_with_prob(1.0))  # site A: fires every call once active
+    results.append(buggify_with_prob(1.0))  # site B
+    fired[ctx.seed] = results
+    await trio.lowlevel.checkpoint()
+
+
+def _fired_for(seeds: list[int], enabled: bool = True) -> dict[int, list[bool]]:
+    fired.clear()
+    builder = SimulationBuilder().set_chaos(ChaosConfig.none()).register_workload("w", two_sites)
+    builder.enable_buggify(enabled).set_seeds(seeds).run().assert_success()
+    return dict(fired)
+
+
+def test_buggify_site_activation_is_per_seed_and_all_or_nothing() -> None:
+    results = _fired_for(list(range(40)))
+    for seed, calls in results.items():
+        site_a = calls[:50]
+        assert len(set(site_a)) == 1, f"seed {seed}: an active site with p=1 fires every time"
+    active = sum(calls[0] for calls in results.values())
+    # Activation probability is 0.25: over 40 seeds, some but not all seeds activate.
+    assert 2 <= active <= 25
+    # Replaying gives the same activations.
+    assert _fired_for(list(range(40))) == results
+
+
+def test_buggify_is_off_unless_enabled() -> None:
+    results = _fired_for(list(range(20)), enabled=False)
+    assert not any(any(calls) for calls in results.values())
+
+
+def test_buggify_fires_are_counted_in_the_report() -> None:
+    report = (
+        SimulationBuilder()
+        .set_chaos(ChaosConfig.none())
+        .register_workload("w", two_sites)
+        .enable_buggify()
+        .set_seeds(list(range(20)))
+        .run()
+    )
+    expected = sum(sum(calls) for calls in fired.values())
+    assert expected > 0
+    assert report.fault_totals.get("buggify") == expected
+
+
+async def coin(ctx: WorkloadContext) -> None:
+    await trio.sleep(1)
+    sometimes(ctx.random.random() < 0.2, "the coin lands heads")
+    reachable("the coin was thrown")
+
+
+def test_until_all_sometimes_reached_stops_when_satisfied() -> None:
+    report = (
+        SimulationBuilder()
+        .register_workload("coin", coin)
+        .set_base_seed(9)
+        .set_iteration_control(UntilAllSometimesReached(1000))
+        .run()
+    )
+    report.assert_success()
+    assert 1 <= report.iterations < 100
+    heads = next(a for a in report.assertions if a.message == "the coin lands heads")
+    assert heads.true_count == 1  # it stopped at the first iteration that satisfied it
+
+
+def test_unsatisfied_sometimes_is_a_miss_and_fails() -> None:
+    async def never(ctx: WorkloadContext) -> None:
+        await trio.lowlevel.checkpoint()
+        sometimes(False, "never true")
+
+    report = (
+        SimulationBuilder()
+        .register_workload("w", never)
+        .set_iteration_control(UntilAllSometimesReached(7))
+        .run()
+    )
+    assert report.iterations == 7
+    assert not report.failures
+    [summary] = report.assertions
+    assert summary.status == "MISS"
+    assert summary.hits == 7
+    assert not report.ok
+    with pytest.raises(AssertionError, match=r"never satisfied in 7 iterations \(MISS\)"):
+        report.assert_success()
+
+
+def test_report_text_and_json() -> None:
+    import json
+
+    report = (
+        SimulationBuilder()
+        .register_workload("coin", coin)
+        .set_iteration_control(FixedCount(5))
+        .set_base_seed(1)
+        .run()
+    )
+    text = str(report)
+    assert "iterations: 5" in text
+    assert "the coin was thrown" in text
+    document = json.loads(report.to_json())
+    assert document["iterations"] == 5
+    assert len(document["runs"]) == 5
+    assert {"seed", "ok", "sim_time", "wall_time", "events", "trace_hash"} <= set(
+        document["runs"][0]
+    )
+    assert document["chaos"]["connect_failure"] == ChaosConfig.default().connect_failure
+    statuses = {a["message"]: a["status"] for a in document["assertions"]}
+    assert statuses["the coin was thrown"] == "PASS"

@@ -1,0 +1,121 @@
+"""The command line and the pytest plugin, run as a user would run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ECHO = ROOT / "examples" / "echo.py"
+
+FAILING_MODULE = """
+import trio
+from moonpool.sim import FixedCount, SimulationBuilder, WorkloadContext
+
+async def flaky(ctx: WorkloadContext) -> None:
+    await trio.sleep(1)
+    if ctx.seed % 3 == 0:
+        raise RuntimeError(f"bad seed {ctx.seed}")
+
+def simulation() -> SimulationBuilder:
+    return SimulationBuilder().register_workload("w", flaky).set_iteration_control(FixedCount(30))
+"""
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOONPOOL_")}
+    return subprocess.run(
+        [sys.executable, "-m", "moonpool", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_runs_a_simulation_and_prints_the_report() -> None:
+    result = _cli("run", str(ECHO), "--iterations", "3")
+    assert result.returncode == 0, result.stderr
+    assert "iterations: 3 (3 passed, 0 failed)" in result.stdout
+    assert "result: SUCCESS" in result.stdout
+
+
+def test_cli_failure_exit_code_and_replay_command(tmp_path: Path) -> None:
+    module = tmp_path / "flaky_sim.py"
+    module.write_text(FAILING_MODULE)
+    result = _cli("run", f"{module}:simulation", "--json", "--quiet")
+    assert result.returncode == 1
+    document = json.loads(result.stdout)
+    assert not document["ok"]
+    failure = document["failures"][0]
+    assert failure["seed"] % 3 == 0
+    assert (
+        failure["replay"] == f"python -m moonpool run {module}:simulation --seed {failure['seed']}"
+    )
+    # The printed replay command reproduces exactly that failure.
+    replay = _cli("run", f"{module}:simulation", "--seed", str(failure["seed"]), "--json")
+    again = json.loads(replay.stdout)
+    assert replay.returncode == 1
+    assert again["iterations"] == 1
+    assert again["failures"][0]["error"] == failure["error"]
+    run = next(r for r in document["runs"] if r["seed"] == failure["seed"])
+    assert again["runs"][0]["trace_hash"] == run["trace_hash"]
+
+
+def test_cli_usage_errors(tmp_path: Path) -> None:
+    assert _cli("run", "does/not/exist.py").returncode == 2
+    module = tmp_path / "m.py"
+    module.write_text("simulation = 3\n")
+    result = _cli("run", str(module))
+    assert result.returncode == 2
+    assert "expected a SimulationBuilder" in result.stderr
+    assert "has no attribute 'nope'" in _cli("run", f"{module}:nope").stderr
+
+
+def test_pytest_report_section_shows_failing_seeds_and_replay(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_flaky=FAILING_MODULE
+        + """
+
+def test_simulation() -> None:
+    simulation().run().assert_success()
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*- moonpool -*",
+            "*failing seed(s) of 30:*",
+            "*replay: pytest test_flaky.py::test_simulation --moonpool-seed *",
+        ]
+    )
+
+
+def test_pytest_moonpool_seed_replays_one_seed(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_flaky=FAILING_MODULE
+        + """
+
+def test_simulation() -> None:
+    report = simulation().run()
+    print("SEEDS", [run.seed for run in report.runs])
+    report.assert_success()
+"""
+    )
+    passing = pytester.runpytest_subprocess("--moonpool-seed", "31", "-s")
+    passing.assert_outcomes(passed=1)
+    passing.stdout.fnmatch_lines(["*SEEDS [[]31[]]*"])
+    failing = pytester.runpytest_subprocess("--moonpool-seed", "33")
+    failing.assert_outcomes(failed=1)
+    failing.stdout.fnmatch_lines(["*bad seed 33*"])
+    many = pytester.runpytest_subprocess("--moonpool-iterations", "4", "-s")
+    many.stdout.fnmatch_lines(["*SEEDS [[]*,*,*,*[]]*"])
+    bad = pytester.runpytest_subprocess("--moonpool-seed", "x")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR

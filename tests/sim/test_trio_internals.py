@@ -1,0 +1,68 @@
+"""Guards the private trio details the runtime relies on (see _trio_internals.py).
+
+If this file fails after a trio upgrade, do not widen the trio pin in
+pyproject.toml until moonpool/sim/_trio_internals.py is adapted.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio._core._run as trio_run
+import trio.testing
+
+from moonpool.sim._trio_internals import current_runner_probe, seeded_scheduler
+
+
+def _batch_order(seed: int) -> list[int]:
+    order: list[int] = []
+
+    async def main() -> None:
+        async def member(i: int) -> None:
+            await trio.sleep(1)
+            order.append(i)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(10):
+                nursery.start_soon(member, i)
+
+    with seeded_scheduler(seed):
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return order
+
+
+def test_private_names_exist() -> None:
+    assert isinstance(trio_run._ALLOW_DETERMINISTIC_SCHEDULING, bool)
+    assert hasattr(trio_run._r, "shuffle")
+
+
+def test_seeded_scheduler_orders_ready_tasks_by_seed() -> None:
+    assert _batch_order(1) == _batch_order(1)
+    assert len({tuple(_batch_order(seed)) for seed in range(6)}) > 1
+
+
+def test_seeded_scheduler_restores_trio_state() -> None:
+    flag = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
+    state = trio_run._r.getstate()
+    _batch_order(3)
+    assert flag == trio_run._ALLOW_DETERMINISTIC_SCHEDULING
+    assert trio_run._r.getstate() == state
+
+
+def test_runner_probe_sees_run_queue_and_deadlines() -> None:
+    seen: dict[str, object] = {}
+
+    async def main() -> None:
+        probe = current_runner_probe()
+        seen["deadline_idle"] = probe.next_deadline()
+        with trio.move_on_after(5):
+            seen["deadline_scoped"] = probe.next_deadline() - trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.sleep, 0)
+                seen["runnable"] = probe.has_runnable_tasks()
+        seen["idle_waiters"] = probe.has_idle_waiters()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert seen["deadline_idle"] == float("inf")
+    assert seen["deadline_scoped"] == 5
+    assert seen["runnable"] is True
+    assert seen["idle_waiters"] is False
