@@ -3,6 +3,7 @@
 from moonpool.net._address import Address, InvalidAddress, parse_address
 from moonpool.net._chaos import FAULT_FAMILIES, ChaosConfig, LatencyConfig
 from moonpool.net._provider import AddressInUse, Listener, NetworkProvider
+from moonpool.net._real import RealNetwork
 from moonpool.net._sim_network import SimListener, SimNetwork, SimStream
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "LatencyConfig",
     "Listener",
     "NetworkProvider",
+    "RealNetwork",
     "SimListener",
     "SimNetwork",
     "SimStream",

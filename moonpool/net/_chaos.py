@@ -48,7 +48,8 @@ class LatencyConfig(msgspec.Struct, frozen=True, kw_only=True):
     (capped at ``10 * high`` so a run cannot stall on one absurd draw).
     With ``per_pair``, each (source, destination) pair gets its own base latency
     drawn once, and per-message jitter is drawn around it -- closer to a real
-    network, where some links are simply slower than others.
+    network, where some links are simply slower than others.  ``per_pair`` does
+    not apply to ``fixed``, which stays exact.
     """
 
     distribution: Literal["fixed", "uniform", "exponential"] = "uniform"

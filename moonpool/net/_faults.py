@@ -142,7 +142,8 @@ class FaultInjector:
         config = self.chaos.latency
         if config is None:
             return 0.0
-        if config.per_pair:
+        # A fixed latency is exact ("always uses low"): no per-pair base, no jitter.
+        if config.per_pair and config.distribution != "fixed":
             base = self._pair_latency.get((src, dst))
             if base is None:
                 base = self._pair_latency[(src, dst)] = config.sample(self.rng)

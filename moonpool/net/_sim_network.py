@@ -143,6 +143,8 @@ class SimStream(anyio.abc.ByteStream):
             chunks = direction.chunks
             if chunks and chunks[0][0] <= now:
                 data = self._take_ready(now, max_bytes)
+                # The bytes are already taken: a cancellation here would lose them, so
+                # yield without being cancellable (trio's checkpoint convention).
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return data
             if not chunks and direction.eof_at is not None and direction.eof_at <= now:
@@ -247,10 +249,16 @@ class SimStream(anyio.abc.ByteStream):
         self._queue_eof()
 
     def _queue_eof(self) -> None:
-        direction = self._out
+        direction, faults = self._out, self._world.faults
+        src, dst = self._local.host, self._remote.host
         now = trio.current_time()
-        latency = self._world.faults.latency(self._local.host, self._remote.host)
-        direction.eof_at = max(now + latency, direction.last_arrival, direction.clogged_until)
+        latency = faults.latency(src, dst)
+        # The FIN travels like data: a partition holds it until healed, as it holds
+        # every byte, or the peer would see a clean close straight through the cut.
+        blocked_until = faults.partition_until(src, dst, now)
+        direction.eof_at = max(
+            now + latency, direction.last_arrival, direction.clogged_until, blocked_until or 0.0
+        )
         direction.readable.unpark_all()
 
     async def aclose(self) -> None:

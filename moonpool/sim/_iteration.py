@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from math import inf
 from typing import TYPE_CHECKING, Any, final
 
+import anyio
 import trio
 import trio.testing
 
-from moonpool.sim._assertions import AssertionViolation
 from moonpool.sim._report import FailureRecord, RunRecord
 from moonpool.sim._state import SimRun, derive_random, reset_current_run, set_current_run
 from moonpool.sim._trio_internals import RunnerProbe, current_runner_probe, seeded_scheduler
@@ -107,7 +107,7 @@ class _Supervisor(trio.abc.Instrument):
         self.failure: tuple[str, str, str] | None = None  # kind, message, traceback
         self.failure_time = 0.0
         self.cancel_scope: trio.CancelScope | None = None
-        self.shutdown: trio.Event | None = None
+        self.shutdown: anyio.Event | None = None
         self.grace_deadline = inf
         self.shutdown_reason = ""
         self.running: dict[str, trio.lowlevel.Task] = {}
@@ -201,14 +201,19 @@ class _Supervisor(trio.abc.Instrument):
         self.running[spec.name] = trio.lowlevel.current_task()
         try:
             await spec.fn(ctx)
-        except AssertionViolation as exc:
-            self.fail("assertion", f"workload {spec.name!r}: {exc}", traceback.format_exc())
         except Exception as exc:
-            self.fail(
-                "workload_error",
-                f"workload {spec.name!r} raised {type(exc).__name__}: {exc}",
-                traceback.format_exc(),
-            )
+            if self.run.assertion_failures:
+                # A violation is the root cause even when a task group wrapped it.
+                violation = self.run.assertion_failures[0]
+                self.fail(
+                    "assertion", f"workload {spec.name!r}: {violation}", traceback.format_exc()
+                )
+            else:
+                self.fail(
+                    "workload_error",
+                    f"workload {spec.name!r} raised {type(exc).__name__}: {exc}",
+                    traceback.format_exc(),
+                )
         finally:
             del self.running[spec.name]
             self.run.trace_text(f"returned:{spec.name}")
@@ -229,7 +234,7 @@ async def _root(supervisor: _Supervisor) -> None:
     else:
         network = config.network_factory(run.seed, config.chaos, run)
     addresses = {spec.name: f"{spec.name}:{DEFAULT_PORT}" for spec in config.workloads}
-    shutdown = trio.Event()
+    shutdown = anyio.Event()
     supervisor.shutdown = shutdown
     supervisor.root_task = trio.lowlevel.current_task()
     async with trio.open_nursery() as nursery:

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, final
 
-import trio
+import anyio
 
 if TYPE_CHECKING:
     from moonpool.net import NetworkProvider
@@ -23,7 +23,8 @@ class WorkloadContext:
     ``random`` is this workload's own seeded stream -- use it, never the global
     ``random`` module, or the seed stops determining the run.  ``shutdown`` is set
     when the first workload returns; long-running workloads (servers) should
-    return promptly once it is set.
+    return promptly once it is set.  It is an ``anyio.Event`` so that the same
+    workload can run outside the simulation, on trio or asyncio.
     """
 
     name: str
@@ -31,7 +32,7 @@ class WorkloadContext:
     peers: Mapping[str, str]
     network: NetworkProvider
     random: random.Random
-    shutdown: trio.Event
+    shutdown: anyio.Event
     seed: int
 
 

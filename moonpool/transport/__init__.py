@@ -1,6 +1,21 @@
 """The request/response transport: envelopes, the Sans-I/O protocol, peers, clients, servers."""
 
+from moonpool.transport._checked_envelope import (
+    CheckedEnvelope,
+    CheckedEnvelopeSerializer,
+    EnvelopeKind,
+)
+from moonpool.transport._client import ClientTransport
+from moonpool.transport._driver import TransportDriver
+from moonpool.transport._envelope import (
+    Envelope,
+    EnvelopeSerializer,
+    ErrorReply,
+    RequestResponseEnvelope,
+    RequestResponseSerializer,
+)
 from moonpool.transport._errors import (
+    BindFailed,
     ConnectionFailed,
     FrameTooLarge,
     RemoteError,
@@ -10,14 +25,48 @@ from moonpool.transport._errors import (
     TransportError,
     TransportTimeout,
 )
+from moonpool.transport._framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder
+from moonpool.transport._peer import Peer, PeerConfig, PeerStats
+from moonpool.transport._protocol import (
+    Completion,
+    RetryPolicy,
+    Transmit,
+    TransportProtocol,
+    TransportStats,
+)
+from moonpool.transport._server import ReceivedEnvelope, ServerStats, ServerTransport
 
 __all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "BindFailed",
+    "CheckedEnvelope",
+    "CheckedEnvelopeSerializer",
+    "ClientTransport",
+    "Completion",
     "ConnectionFailed",
+    "Envelope",
+    "EnvelopeKind",
+    "EnvelopeSerializer",
+    "ErrorReply",
+    "FrameDecoder",
     "FrameTooLarge",
+    "Peer",
+    "PeerConfig",
+    "PeerStats",
+    "ReceivedEnvelope",
     "RemoteError",
+    "RequestResponseEnvelope",
+    "RequestResponseSerializer",
+    "RetryPolicy",
     "SendQueueFull",
     "SerializationError",
+    "ServerStats",
+    "ServerTransport",
+    "Transmit",
     "TransportClosed",
+    "TransportDriver",
     "TransportError",
+    "TransportProtocol",
+    "TransportStats",
     "TransportTimeout",
 ]

@@ -9,6 +9,7 @@ The subclasses also inherit from the closest builtin (``TimeoutError``,
 from __future__ import annotations
 
 __all__ = [
+    "BindFailed",
     "ConnectionFailed",
     "FrameTooLarge",
     "RemoteError",
@@ -54,3 +55,7 @@ class FrameTooLarge(SerializationError):
 
 class RemoteError(TransportError):
     """The remote side answered a request with an error envelope."""
+
+
+class BindFailed(TransportError, OSError):
+    """A server could not listen on its address (in use, not permitted, …)."""

@@ -1,0 +1,146 @@
+"""``TransportDriver``: pumps a Sans-I/O :class:`TransportProtocol` through peers.
+
+The protocol decides *what* to send and *when* a request is over; the driver does
+the I/O it asks for.  It owns the peer pool (one :class:`Peer` actor per remote,
+created on first use), moves the protocol's transmits into peers, feeds bytes the
+peers read back into the protocol, hands finished requests to whoever waits for
+them, and runs the one timer task that wakes the protocol for retries.
+
+Everything here runs on anyio, so the same driver serves a simulation (trio on a
+mock clock), trio and asyncio.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable
+from typing import Generic, TypeVar, final
+
+import anyio
+import anyio.abc
+
+from moonpool.net import NetworkProvider
+from moonpool.transport._background import BackgroundTasks
+from moonpool.transport._envelope import Envelope
+from moonpool.transport._errors import SendQueueFull, TransportClosed
+from moonpool.transport._peer import Peer, PeerConfig
+from moonpool.transport._protocol import Completion, TransportProtocol
+
+__all__ = ["TransportDriver"]
+
+log = logging.getLogger("moonpool.transport")
+
+E = TypeVar("E", bound=Envelope)
+
+
+@final
+class TransportDriver(Generic[E]):
+    """Connects one protocol instance to the network through a pool of peers.
+
+    ``task_group`` is where peer actors and the timer task live; cancelling it
+    (the owning transport does, on close) stops all of them.
+    """
+
+    def __init__(
+        self,
+        network: NetworkProvider,
+        protocol: TransportProtocol[E],
+        task_group: BackgroundTasks,
+        *,
+        on_completion: Callable[[Completion], None],
+        peer_config: PeerConfig | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.protocol = protocol
+        self.peer_config = peer_config or PeerConfig()
+        self._network = network
+        self._task_group = task_group
+        self._on_completion = on_completion
+        self._rng = rng or random.Random()
+        self._peers: dict[str, Peer] = {}
+        self._timer_changed = anyio.Event()
+        self._timer_deadline = math.inf  # what the timer task currently sleeps until
+        self._closed = False
+        self.dropped_transmits = 0
+        task_group.start_soon(self._run_timers, name="moonpool transport timers")
+
+    @property
+    def peers(self) -> dict[str, Peer]:
+        """The live peers by address (read-only use)."""
+        return self._peers
+
+    def get_or_create_peer(self, destination: str) -> Peer:
+        """The peer for ``destination``, starting its actor on first use."""
+        peer = self._peers.get(destination)
+        if peer is None:
+            if self._closed:
+                raise TransportClosed("transport is closed")
+            peer = Peer(
+                self._network,
+                destination,
+                on_data=lambda data: self._received(destination, data),
+                on_lost=lambda reason: self._lost(destination, reason),
+                config=self.peer_config,
+                rng=self._rng,
+            )
+            self._peers[destination] = peer
+            self._task_group.start_soon(self._run_peer, peer, name=f"moonpool peer {destination}")
+        return peer
+
+    async def _run_peer(self, peer: Peer) -> None:
+        try:
+            await peer.run()
+        finally:
+            if self._peers.get(peer.address) is peer:
+                del self._peers[peer.address]
+
+    def flush(self) -> None:
+        """Move every frame the protocol wants sent into its peer's queue."""
+        protocol = self.protocol
+        while (transmit := protocol.poll_transmit()) is not None:
+            peer = self.get_or_create_peer(transmit.destination)
+            try:
+                peer.send(transmit.data)
+            except SendQueueFull as exc:
+                # The frame's request (if any) will end by its timeout; say why now.
+                self.dropped_transmits += 1
+                log.warning("dropping a frame: %s", exc)
+        self._dispatch_completions()
+        deadline = protocol.poll_timeout()
+        if deadline is not None and deadline < self._timer_deadline:
+            self._timer_changed.set()
+
+    def _dispatch_completions(self) -> None:
+        protocol = self.protocol
+        while (completion := protocol.poll_completion()) is not None:
+            self._on_completion(completion)
+
+    def _received(self, destination: str, data: bytes) -> None:
+        # SerializationError propagates to the peer, which closes the connection.
+        self.protocol.handle_received(destination, data)
+        self._dispatch_completions()
+
+    def _lost(self, destination: str, reason: str) -> None:
+        self.protocol.connection_lost(destination, now=anyio.current_time())
+        self.flush()
+
+    async def _run_timers(self) -> None:
+        """Wake the protocol at its next deadline (retries and request expiry)."""
+        protocol = self.protocol
+        while True:
+            deadline = protocol.poll_timeout()
+            self._timer_deadline = math.inf if deadline is None else deadline
+            changed = self._timer_changed = anyio.Event()
+            with anyio.move_on_at(self._timer_deadline):
+                await changed.wait()
+            self._timer_deadline = -math.inf  # awake: nobody needs to wake us
+            protocol.handle_timeout(anyio.current_time())
+            self.flush()
+
+    def close(self) -> None:
+        """Stop every peer; their tasks end and the task group can exit."""
+        self._closed = True
+        for peer in list(self._peers.values()):
+            peer.close()

@@ -1,0 +1,281 @@
+"""``Peer``: one actor task owning the connection to one remote address.
+
+This is FoundationDB's peer pattern (and the plan's "Phase 10"): callers never
+touch the socket.  ``send()`` is synchronous -- it appends a frame to a bounded
+queue and returns -- and a single actor task connects, writes the queue, reads
+replies and reconnects after failures.  Because only the actor awaits on the
+connection, no caller can deadlock on it, and a slow remote shows up as a full
+queue (:class:`~moonpool.transport.SendQueueFull`) instead of a blocked caller.
+
+Connections are opened lazily, when there is something to send, and retried with
+exponential backoff and jitter after failures.  When a connection breaks, frames
+still queued for it are dropped with it: the protocol above decides what to
+retry, and it resends with the same correlation id on the next connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import final
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from moonpool.net import NetworkProvider
+from moonpool.transport._errors import SendQueueFull, SerializationError, TransportClosed
+
+__all__ = ["Peer", "PeerConfig", "PeerStats"]
+
+log = logging.getLogger("moonpool.transport")
+
+#: How many queued frames one ``send`` call to the stream may coalesce.
+_COALESCE_BYTES = 64 * 1024
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    """Limits and timings of one peer connection.
+
+    ``max_queued_frames`` bounds memory per remote: a remote that stops reading
+    makes ``send`` fail fast with ``SendQueueFull`` rather than grow without end.
+    Reconnect delays double from ``reconnect_initial`` up to ``reconnect_max``,
+    each shortened by up to ``reconnect_jitter`` of itself.
+    """
+
+    max_queued_frames: int = 4096
+    connect_timeout: float = 5.0
+    reconnect_initial: float = 0.02
+    reconnect_max: float = 2.0
+    reconnect_jitter: float = 0.5
+    receive_size: int = 65536
+
+    def __post_init__(self) -> None:
+        if self.max_queued_frames < 1:
+            raise ValueError(f"max_queued_frames must be >= 1, got {self.max_queued_frames}")
+        if not (0 < self.connect_timeout < math.inf):
+            raise ValueError(
+                f"connect_timeout must be positive and finite, got {self.connect_timeout}"
+            )
+        if not 0 <= self.reconnect_initial <= self.reconnect_max:
+            raise ValueError("need 0 <= reconnect_initial <= reconnect_max")
+        if not 0 <= self.reconnect_jitter <= 1:
+            raise ValueError(f"reconnect_jitter must be within [0, 1], got {self.reconnect_jitter}")
+
+    def reconnect_delay(self, failures: int, rng: random.Random) -> float:
+        """Delay before the next connect after ``failures`` consecutive failures."""
+        if failures <= 0:
+            return 0.0
+        base = min(self.reconnect_max, self.reconnect_initial * 2.0 ** min(failures - 1, 60))
+        return base * (1.0 - self.reconnect_jitter * rng.random())
+
+
+@dataclass(slots=True)
+class PeerStats:
+    connects: int = 0
+    connect_failures: int = 0
+    connections_lost: int = 0
+    frames_sent: int = 0
+    frames_dropped: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+class _ConnectionLost(Exception):
+    """Internal: the current connection ended; carries a human-readable reason."""
+
+
+@final
+class Peer:
+    """The connection to one remote address, driven by its own actor task.
+
+    The owner starts :meth:`run` in a task group and stops it by cancelling that
+    group (or with :meth:`close`).  ``on_data`` receives every chunk read;
+    ``on_lost`` is called after a connect failure or a broken connection, once the
+    queue has been cleared.  Both run synchronously in the actor task, so the
+    owner's state never changes under it between two awaits.
+    """
+
+    def __init__(
+        self,
+        network: NetworkProvider,
+        address: str,
+        *,
+        on_data: Callable[[bytes], None],
+        on_lost: Callable[[str], None],
+        config: PeerConfig | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.address = address
+        self.config = config or PeerConfig()
+        self.stats = PeerStats()
+        self._network = network
+        self._on_data = on_data
+        self._on_lost = on_lost
+        self._rng = rng or random.Random()
+        self._queue_in: MemoryObjectSendStream[bytes]
+        self._queue_out: MemoryObjectReceiveStream[bytes]
+        self._queue_in, self._queue_out = anyio.create_memory_object_stream[bytes](
+            self.config.max_queued_frames
+        )
+        self._closed = False
+        self._connected = False
+        self._failures = 0
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "connected" if self._connected else "idle"
+        return f"<Peer {self.address} {state} queued={self.queued}>"
+
+    @property
+    def queued(self) -> int:
+        return self._queue_out.statistics().current_buffer_used
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def send(self, frame: bytes) -> None:
+        """Queue ``frame`` for the remote; never blocks.
+
+        Raises :class:`SendQueueFull` when ``max_queued_frames`` are already
+        waiting, and :class:`TransportClosed` after :meth:`close`.
+        """
+        if self._closed:
+            raise TransportClosed(f"peer {self.address} is closed")
+        try:
+            self._queue_in.send_nowait(frame)
+        except anyio.WouldBlock:
+            raise SendQueueFull(
+                f"send queue to {self.address} is full ({self.config.max_queued_frames} frames "
+                f"waiting): the remote is not keeping up or cannot be reached"
+            ) from None
+
+    def check_room(self) -> None:
+        """Raise :class:`SendQueueFull` if a ``send`` now would overflow the queue."""
+        if self.queued >= self.config.max_queued_frames:
+            raise SendQueueFull(
+                f"send queue to {self.address} is full ({self.config.max_queued_frames} frames "
+                f"waiting): the remote is not keeping up or cannot be reached"
+            )
+
+    def close(self) -> None:
+        """Stop accepting frames; the actor exits at its next wait."""
+        if not self._closed:
+            self._closed = True
+            self._queue_in.close()
+
+    def _drop_queue(self) -> None:
+        while True:
+            try:
+                self._queue_out.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            self.stats.frames_dropped += 1
+
+    async def run(self) -> None:
+        """The actor: connect when there is work, pump the connection, recover."""
+        try:
+            while not self._closed:
+                try:
+                    first = await self._queue_out.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    return
+                await anyio.sleep(self.config.reconnect_delay(self._failures, self._rng))
+                try:
+                    stream = await self._connect()
+                except _ConnectionLost as lost:
+                    self._lose(str(lost), pending=first)
+                    continue
+                try:
+                    await self._serve(stream, first)
+                except _ConnectionLost as lost:
+                    self._lose(str(lost))
+        finally:
+            self._connected = False
+            self.close()
+
+    def _lose(self, reason: str, pending: bytes | None = None) -> None:
+        self._connected = False
+        if pending is not None:
+            self.stats.frames_dropped += 1
+        self._drop_queue()
+        log.debug("peer %s: %s", self.address, reason)
+        self._on_lost(reason)
+
+    async def _connect(self) -> anyio.abc.ByteStream:
+        try:
+            with anyio.fail_after(self.config.connect_timeout):
+                stream = await self._network.connect(self.address)
+        except (OSError, anyio.BrokenResourceError) as exc:
+            # TimeoutError (ours or the network's) is an OSError too.
+            self._failures += 1
+            self.stats.connect_failures += 1
+            detail = str(exc) or type(exc).__name__
+            if isinstance(exc, TimeoutError) and not str(exc):
+                detail = f"connect timed out after {self.config.connect_timeout}s"
+            raise _ConnectionLost(f"cannot connect to {self.address}: {detail}") from exc
+        self._failures = 0
+        self._connected = True
+        self.stats.connects += 1
+        return stream
+
+    async def _serve(self, stream: anyio.abc.ByteStream, first: bytes) -> None:
+        """Write the queue and read replies until the connection ends."""
+        failure: list[str] = []
+        async with stream, anyio.create_task_group() as group:
+
+            async def reader() -> None:
+                try:
+                    while True:
+                        data = await stream.receive(self.config.receive_size)
+                        self.stats.bytes_received += len(data)
+                        self._on_data(data)
+                except anyio.EndOfStream:
+                    failure.append(f"connection to {self.address} closed by the remote")
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                    failure.append(
+                        f"connection to {self.address} broken: {exc or type(exc).__name__}"
+                    )
+                except SerializationError as exc:
+                    log.warning("closing connection to %s: %s", self.address, exc)
+                    failure.append(f"closed connection to {self.address} after bad input: {exc}")
+                group.cancel_scope.cancel()
+
+            group.start_soon(reader)
+            try:
+                await self._write_loop(stream, first)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                failure.append(f"write to {self.address} failed: {exc or type(exc).__name__}")
+            group.cancel_scope.cancel()
+        self.stats.connections_lost += 1
+        if failure:
+            raise _ConnectionLost(failure[0])
+        if not self._closed:
+            raise _ConnectionLost(f"connection to {self.address} ended")
+
+    async def _write_loop(self, stream: anyio.abc.ByteStream, first: bytes | None) -> None:
+        while True:
+            if first is None:
+                try:
+                    first = await self._queue_out.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    return
+            batch = [first]
+            size = len(first)
+            first = None
+            # Coalesce what is already queued into one write: fewer syscalls under load.
+            while size < _COALESCE_BYTES:
+                try:
+                    frame = self._queue_out.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                    break
+                batch.append(frame)
+                size += len(frame)
+            await stream.send(batch[0] if len(batch) == 1 else b"".join(batch))
+            self.stats.frames_sent += len(batch)
+            self.stats.bytes_sent += size

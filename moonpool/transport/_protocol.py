@@ -1,0 +1,496 @@
+"""The transport's Sans-I/O state machine.
+
+:class:`TransportProtocol` knows everything about requests, replies, correlation
+ids, deadlines and retries, and nothing about sockets, tasks or clocks. Bytes and
+the current time go in (:meth:`~TransportProtocol.handle_received`,
+:meth:`~TransportProtocol.handle_timeout`); frames to send, received requests and
+finished requests come out of ``poll_*`` methods. An I/O driver (trio, asyncio or
+the simulation) pumps it. Because every input is explicit, the whole protocol is
+tested with plain function calls, and a simulation replays it exactly.
+
+Determinism: state lives in insertion-ordered dicts, deques and a heap ordered by
+``(time, sequence number)``; nothing iterates a set or depends on hash seeds.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, TypeVar, cast, final
+
+from moonpool.transport._envelope import Envelope, EnvelopeSerializer, ErrorReply
+from moonpool.transport._errors import (
+    ConnectionFailed,
+    RemoteError,
+    SerializationError,
+    TransportClosed,
+    TransportError,
+    TransportTimeout,
+)
+from moonpool.transport._framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder
+
+__all__ = ["Completion", "RetryPolicy", "Transmit", "TransportProtocol", "TransportStats"]
+
+E = TypeVar("E", bound=Envelope)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    """Bytes the driver must write to the connection for ``destination``."""
+
+    destination: str
+    data: bytes
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The end of a tracked request: exactly one of ``payload`` and ``error`` is set."""
+
+    correlation_id: int
+    payload: bytes | None
+    error: TransportError | None
+
+    def unwrap(self) -> bytes:
+        """The reply payload, or raise the request's error."""
+        if self.error is not None:
+            raise self.error
+        assert self.payload is not None
+        return self.payload
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a request survives a lost connection.
+
+    ``max_attempts`` counts sends, so the default of 1 means "never resend". A
+    resend reuses the request's correlation id, so a reply to any attempt completes
+    it; requests must therefore be safe to execute twice (a lost connection cannot
+    tell us whether the server already acted).
+    """
+
+    max_attempts: int = 1
+    backoff_initial: float = 0.05
+    backoff_max: float = 2.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if not 0 <= self.backoff_initial <= self.backoff_max:
+            raise ValueError(
+                "need 0 <= backoff_initial <= backoff_max, got "
+                f"backoff_initial={self.backoff_initial}, backoff_max={self.backoff_max}"
+            )
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"jitter must be within [0, 1], got {self.jitter}")
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Delay before retry number ``attempt`` (1 for the first retry).
+
+        Exponential (``backoff_initial * 2**(attempt - 1)``, capped at
+        ``backoff_max``), then shortened by up to ``jitter`` of itself so that many
+        clients that lost the same server do not come back in lockstep.
+        """
+        if attempt < 1:
+            raise ValueError(f"attempt numbers start at 1, got {attempt}")
+        base = min(self.backoff_max, self.backoff_initial * 2.0 ** min(attempt - 1, 1000))
+        return base * (1.0 - self.jitter * rng.random())
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Counters for tests, reports and dashboards; all start at zero."""
+
+    requests_started: int = 0
+    replies_matched: int = 0
+    remote_errors: int = 0
+    dropped_replies: int = 0
+    timeouts: int = 0
+    retries: int = 0
+    connection_failures: int = 0
+    requests_cancelled: int = 0
+    envelopes_sent: int = 0
+    envelopes_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    protocol_errors: int = 0
+
+
+@dataclass(slots=True)
+class _Pending:
+    correlation_id: int
+    destination: str
+    frame: bytes
+    timeout: float
+    deadline: float
+    attempts: int = 1
+    # True once poll_transmit handed the latest attempt to the driver: only then
+    # can a lost connection have lost it.
+    on_wire: bool = False
+    retry_at: float | None = None
+    # Sequence numbers of this request's live heap entries (lazy deletion).
+    deadline_seq: int = -1
+    retry_seq: int = -1
+
+
+@final
+class TransportProtocol(Generic[E]):
+    """Request/response bookkeeping for one endpoint, with no I/O.
+
+    A client (``serves_requests=False``) starts requests, and every envelope it
+    receives is a candidate reply. A server (``serves_requests=True``) queues every
+    received envelope for :meth:`poll_receive` and answers with :meth:`send`.
+
+    The driver loop, in outline::
+
+        proto.handle_received(source, data)        # when bytes arrive
+        proto.connection_lost(source, now=now)     # when a connection breaks
+        proto.handle_timeout(now)                  # when poll_timeout() is reached
+        while (t := proto.poll_transmit()) is not None: write t.data to t.destination
+        while (c := proto.poll_completion()) is not None: wake the waiter of c.correlation_id
+        while (r := proto.poll_receive()) is not None: deliver the request
+
+    ``rng`` drives retry jitter; a simulation must pass its seeded RNG (the default
+    is an OS-seeded ``random.Random``, right for real networks).
+    """
+
+    def __init__(
+        self,
+        envelope: type[E],
+        *,
+        serves_requests: bool = False,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        retry: RetryPolicy = RetryPolicy(),  # frozen, so sharing the default is safe
+        rng: random.Random | None = None,
+        first_correlation_id: int = 1,
+    ) -> None:
+        if first_correlation_id < 0:
+            raise ValueError(f"first_correlation_id must be >= 0, got {first_correlation_id}")
+        self._envelope = envelope
+        self._serializer: EnvelopeSerializer[E] = envelope.serializer()
+        self._carries_errors = issubclass(envelope, ErrorReply)
+        self._serves_requests = serves_requests
+        self._max_frame_size = max_frame_size
+        self._retry = retry
+        self._rng = rng if rng is not None else random.Random()
+        self._next_correlation_id = first_correlation_id
+        self._closed = False
+
+        # (transmit, correlation id of the request it carries, or None if untracked)
+        self._transmits: deque[tuple[Transmit, int | None]] = deque()
+        self._received: deque[tuple[str, E]] = deque()
+        self._completions: deque[Completion] = deque()
+        self._decoders: dict[str, FrameDecoder[E]] = {}
+        self._pending: dict[int, _Pending] = {}
+        # destination -> correlation ids in start order (a dict used as ordered set)
+        self._by_destination: dict[str, dict[int, None]] = {}
+        # (when, sequence, correlation id); stale entries are skipped when popped
+        self._timers: list[tuple[float, int, int]] = []
+        self._timer_seq = 0
+
+        self.stats = TransportStats()
+
+    # ------------------------------------------------------------------ inspection
+
+    @property
+    def envelope_type(self) -> type[E]:
+        return self._envelope
+
+    @property
+    def serializer(self) -> EnvelopeSerializer[E]:
+        return self._serializer
+
+    @property
+    def serves_requests(self) -> bool:
+        return self._serves_requests
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return self._retry
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def pending_count(self) -> int:
+        """Requests started and not yet completed, cancelled or expired."""
+        return len(self._pending)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def is_pending(self, correlation_id: int) -> bool:
+        return correlation_id in self._pending
+
+    def pending_to(self, destination: str) -> list[int]:
+        """Correlation ids of the requests pending towards ``destination``, oldest first."""
+        return list(self._by_destination.get(destination, ()))
+
+    # ------------------------------------------------------------------ outbound
+
+    def send(self, destination: str, envelope: E) -> None:
+        """Queue ``envelope`` for ``destination`` without tracking it (e.g. a reply).
+
+        Raises :class:`SerializationError` if it cannot be encoded (nothing is
+        queued) and :class:`TransportClosed` after :meth:`close`.
+        """
+        self._check_open()
+        frame = self._serializer.serialize(envelope)
+        self._transmits.append((Transmit(destination, frame), None))
+
+    def start_request(self, destination: str, payload: bytes, *, now: float, timeout: float) -> int:
+        """Queue a tracked request and return its new correlation id.
+
+        Ids are unique for this protocol instance and never reused, so a late reply
+        can never complete a newer request. The request ends with exactly one
+        :class:`Completion` (reply, remote error, timeout at ``now + timeout`` or
+        connection failure), unless :meth:`cancel_request` is called first.
+        """
+        self._check_open()
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(
+                f"timeout must be a positive, finite number of seconds, got {timeout!r}"
+            )
+        correlation_id = self._next_correlation_id
+        self._next_correlation_id += 1
+        frame = self._serializer.serialize(self._envelope.create_request(correlation_id, payload))
+        pending = _Pending(
+            correlation_id=correlation_id,
+            destination=destination,
+            frame=frame,
+            timeout=timeout,
+            deadline=now + timeout,
+        )
+        pending.deadline_seq = self._push_timer(pending.deadline, correlation_id)
+        self._pending[correlation_id] = pending
+        self._by_destination.setdefault(destination, {})[correlation_id] = None
+        self._transmits.append((Transmit(destination, frame), correlation_id))
+        self.stats.requests_started += 1
+        return correlation_id
+
+    def cancel_request(self, correlation_id: int) -> None:
+        """Forget a request whose caller gave up; no completion will be produced.
+
+        Unknown or already-finished ids are ignored, so cancelling after a
+        completion raced in is harmless. A reply arriving later is dropped and
+        counted in ``stats.dropped_replies``; an unsent frame is never sent.
+        """
+        if self._remove(correlation_id) is not None:
+            self.stats.requests_cancelled += 1
+
+    def poll_transmit(self) -> Transmit | None:
+        """The next frame to write, or ``None``.
+
+        Frames of requests that finished before being handed out (cancelled or
+        expired) are skipped: nobody is waiting for their answer.
+        """
+        while self._transmits:
+            transmit, correlation_id = self._transmits.popleft()
+            if correlation_id is not None:
+                pending = self._pending.get(correlation_id)
+                if pending is None:
+                    continue
+                pending.on_wire = True
+            self.stats.envelopes_sent += 1
+            self.stats.bytes_sent += len(transmit.data)
+            return transmit
+        return None
+
+    # ------------------------------------------------------------------ inbound
+
+    def handle_received(self, source: str, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes read from the connection identified by ``source``.
+
+        Raises :class:`SerializationError` on malformed input, after every envelope
+        that preceded the bad frame has been processed. The connection's stream
+        position is then lost: the driver must close it and call
+        :meth:`connection_lost`. Bytes arriving after :meth:`close` are ignored.
+        """
+        if self._closed:
+            return
+        self.stats.bytes_received += len(data)
+        decoder = self._decoders.get(source)
+        if decoder is None:
+            decoder = FrameDecoder(self._serializer, self._max_frame_size)
+            self._decoders[source] = decoder
+        try:
+            decoder.push(data)
+            while (envelope := decoder.next_frame()) is not None:
+                self.stats.envelopes_received += 1
+                self._dispatch(source, envelope)
+        except SerializationError:
+            self.stats.protocol_errors += 1
+            raise
+
+    def _dispatch(self, source: str, envelope: E) -> None:
+        if self._serves_requests:
+            self._received.append((source, envelope))
+            return
+        correlation_id = envelope.correlation_id
+        pending = self._pending.get(correlation_id)
+        if (
+            pending is None
+            or pending.destination != source
+            or not envelope.is_reply_to(correlation_id)
+        ):
+            self.stats.dropped_replies += 1
+            return
+        self._remove(correlation_id)
+        message = cast(ErrorReply, envelope).remote_error() if self._carries_errors else None
+        if message is None:
+            self.stats.replies_matched += 1
+            self._completions.append(Completion(correlation_id, envelope.extract_payload(), None))
+        else:
+            self.stats.remote_errors += 1
+            error = RemoteError(
+                f"{source} answered request {correlation_id} with an error: {message}"
+            )
+            self._completions.append(Completion(correlation_id, None, error))
+
+    def poll_receive(self) -> tuple[str, E] | None:
+        """The next received ``(source, envelope)`` in server mode, or ``None``."""
+        return self._received.popleft() if self._received else None
+
+    def poll_completion(self) -> Completion | None:
+        """The next finished request, or ``None``."""
+        return self._completions.popleft() if self._completions else None
+
+    # ------------------------------------------------------------------ failures & time
+
+    def connection_lost(self, source: str, *, now: float) -> None:
+        """The connection for ``source`` is gone (closed, broken, or never opened).
+
+        Its partial frame is discarded. Each request to that destination whose
+        latest attempt was already handed out is retried after a backoff (same
+        correlation id) if the retry policy allows another attempt before its
+        deadline, and otherwise completed with :class:`ConnectionFailed`. Requests
+        still waiting in the transmit queue or for a retry are untouched: the lost
+        connection never carried them.
+        """
+        self._decoders.pop(source, None)
+        ids = self._by_destination.get(source)
+        if not ids:
+            return
+        for correlation_id in list(ids):
+            pending = self._pending[correlation_id]
+            if not pending.on_wire:
+                continue
+            pending.on_wire = False
+            if pending.attempts < self._retry.max_attempts:
+                retry_at = now + self._retry.backoff(pending.attempts, self._rng)
+                if retry_at < pending.deadline:
+                    pending.retry_at = retry_at
+                    pending.retry_seq = self._push_timer(retry_at, correlation_id)
+                    continue
+            self._remove(correlation_id)
+            self.stats.connection_failures += 1
+            if pending.attempts >= self._retry.max_attempts:
+                why = f"attempt {pending.attempts} of {self._retry.max_attempts}"
+            else:
+                why = f"no time left to retry within the {pending.timeout}s timeout"
+            error = ConnectionFailed(
+                f"connection to {source} lost while request {correlation_id} awaited "
+                f"its reply ({why})"
+            )
+            self._completions.append(Completion(correlation_id, None, error))
+
+    def handle_timeout(self, now: float) -> None:
+        """Expire requests whose deadline is ``<= now`` and queue retries that are due."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, seq, correlation_id = heapq.heappop(timers)
+            pending = self._pending.get(correlation_id)
+            if pending is None:
+                continue
+            if seq == pending.retry_seq:
+                pending.retry_at = None
+                pending.retry_seq = -1
+                pending.attempts += 1
+                self.stats.retries += 1
+                self._transmits.append(
+                    (Transmit(pending.destination, pending.frame), correlation_id)
+                )
+            elif seq == pending.deadline_seq:
+                self._remove(correlation_id)
+                self.stats.timeouts += 1
+                error = TransportTimeout(
+                    f"no reply from {pending.destination} to request {correlation_id} "
+                    f"within {pending.timeout}s (after {pending.attempts} attempt"
+                    f"{'s' if pending.attempts != 1 else ''})"
+                )
+                self._completions.append(Completion(correlation_id, None, error))
+
+    def poll_timeout(self) -> float | None:
+        """When :meth:`handle_timeout` next has work (a deadline or a retry), or ``None``."""
+        timers = self._timers
+        while timers:
+            when, seq, correlation_id = timers[0]
+            pending = self._pending.get(correlation_id)
+            if pending is not None and seq in (pending.deadline_seq, pending.retry_seq):
+                return when
+            heapq.heappop(timers)
+        return None
+
+    def close(self) -> None:
+        """Fail every pending request with :class:`TransportClosed` and stop.
+
+        Afterwards :meth:`send` and :meth:`start_request` raise
+        :class:`TransportClosed`, unsent frames are discarded, and received bytes are
+        ignored; completions already queued can still be polled.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for correlation_id, pending in list(self._pending.items()):
+            self._remove(correlation_id)
+            error = TransportClosed(
+                f"transport closed while request {correlation_id} to "
+                f"{pending.destination} was pending"
+            )
+            self._completions.append(Completion(correlation_id, None, error))
+        self._transmits.clear()
+        self._decoders.clear()
+        self._timers.clear()
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportClosed("the transport protocol is closed")
+
+    def _push_timer(self, when: float, correlation_id: int) -> int:
+        seq = self._timer_seq
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (when, seq, correlation_id))
+        return seq
+
+    def _remove(self, correlation_id: int) -> _Pending | None:
+        pending = self._pending.pop(correlation_id, None)
+        if pending is None:
+            return None
+        ids = self._by_destination[pending.destination]
+        del ids[correlation_id]
+        if not ids:
+            del self._by_destination[pending.destination]
+        # Each pending request owns at most two live timer entries; once dead ones
+        # dominate the heap, rebuild it so memory tracks live requests only.
+        if len(self._timers) > 4 * len(self._pending) + 64:
+            self._compact_timers()
+        return pending
+
+    def _compact_timers(self) -> None:
+        live = []
+        for entry in self._timers:
+            pending = self._pending.get(entry[2])
+            if pending is not None and entry[1] in (pending.deadline_seq, pending.retry_seq):
+                live.append(entry)
+        heapq.heapify(live)
+        # In place: handle_timeout may be iterating this very list.
+        self._timers[:] = live

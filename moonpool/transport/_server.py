@@ -1,0 +1,425 @@
+"""``ServerTransport``: accept connections, hand out requests, route replies back.
+
+Each accepted connection is served by its own task for its whole life -- reading,
+decoding, and writing replies -- so the bug the plan describes (a server that did
+I/O only on its first tick) has no place to live: there is no tick.  Requests from
+every connection meet in one bounded queue that the application consumes with
+``async for request in server``; a reply goes back on the connection its request
+came from, queued synchronously with :meth:`ServerTransport.send_reply`.
+
+Bad bytes on one connection close that connection (with a logged
+:class:`SerializationError`) and nothing else.  Limits keep memory bounded
+whatever clients do: a maximum frame size, a maximum number of connections, a
+bounded request queue (a client that floods it stops being read: TCP
+backpressure) and a bounded reply queue per connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar, final
+
+import anyio
+import anyio.abc
+from anyio.abc import SocketAttribute
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from moonpool.net import InvalidAddress, Listener, NetworkProvider
+from moonpool.transport._background import BackgroundTasks
+from moonpool.transport._envelope import Envelope, RequestResponseEnvelope
+from moonpool.transport._errors import (
+    BindFailed,
+    ConnectionFailed,
+    SendQueueFull,
+    SerializationError,
+    TransportClosed,
+)
+from moonpool.transport._framing import DEFAULT_MAX_FRAME_SIZE
+from moonpool.transport._protocol import TransportProtocol
+
+__all__ = ["ReceivedEnvelope", "ServerStats", "ServerTransport"]
+
+log = logging.getLogger("moonpool.transport")
+
+E = TypeVar("E", bound=Envelope)
+
+_COALESCE_BYTES = 64 * 1024
+
+
+@dataclass(slots=True)
+class ServerStats:
+    connections_accepted: int = 0
+    connections_rejected: int = 0
+    connections_closed_for_bad_input: int = 0
+    requests_received: int = 0
+    replies_sent: int = 0
+
+
+class _Connection:
+    """Server-side state of one accepted connection."""
+
+    __slots__ = (
+        "_answered",
+        "closed",
+        "id",
+        "outbox_in",
+        "outbox_out",
+        "outstanding",
+        "source",
+        "stream",
+        "writer_done",
+    )
+
+    def __init__(
+        self, connection_id: str, source: str, stream: anyio.abc.ByteStream, queue: int
+    ) -> None:
+        self.id = connection_id
+        self.source = source
+        self.stream = stream
+        self.closed = False
+        self.outstanding = 0  # requests handed to the application, not yet answered
+        self._answered: anyio.Event | None = None
+        self.writer_done = anyio.Event()
+        self.outbox_in: MemoryObjectSendStream[bytes]
+        self.outbox_out: MemoryObjectReceiveStream[bytes]
+        self.outbox_in, self.outbox_out = anyio.create_memory_object_stream[bytes](queue)
+
+    def answered_one(self) -> None:
+        self.outstanding -= 1
+        if self.outstanding == 0 and self._answered is not None:
+            self._answered.set()
+
+    async def wait_all_answered(self) -> None:
+        if self.outstanding:
+            self._answered = anyio.Event()
+            await self._answered.wait()
+
+
+@final
+class ReceivedEnvelope(Generic[E]):
+    """A request as the server application sees it."""
+
+    __slots__ = ("_connection", "_server", "envelope", "payload", "source")
+
+    def __init__(
+        self, envelope: E, source: str, connection: _Connection, server: ServerTransport[E]
+    ) -> None:
+        self.envelope = envelope
+        self.payload = envelope.extract_payload()
+        self.source = source
+        self._connection = connection
+        self._server = server
+
+    def __repr__(self) -> str:
+        return (
+            f"<ReceivedEnvelope from {self.source} id={self.envelope.correlation_id} "
+            f"{len(self.payload)} bytes>"
+        )
+
+    async def reply(self, payload: bytes) -> None:
+        """Queue the reply (like :meth:`ServerTransport.send_reply`), then checkpoint."""
+        self._server.send_reply(self, payload)
+        await anyio.lowlevel.checkpoint()
+
+
+def _source_of(stream: anyio.abc.ByteStream, fallback: str) -> str:
+    remote = stream.extra(SocketAttribute.remote_address, None)
+    if isinstance(remote, tuple) and len(remote) >= 2:
+        host, port = remote[0], remote[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return fallback
+
+
+@final
+class ServerTransport(Generic[E]):
+    """Serves requests on one address; use as ``async with ServerTransport.bind(...)``."""
+
+    def __init__(
+        self,
+        network: NetworkProvider,
+        address: str,
+        *,
+        envelope: type[E] = RequestResponseEnvelope,  # type: ignore[assignment]
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_connections: int = 1024,
+        max_pending_requests: int = 1024,
+        max_queued_replies: int = 4096,
+        drain_timeout: float = 5.0,
+    ) -> None:
+        if max_connections < 1 or max_pending_requests < 1 or max_queued_replies < 1:
+            raise ValueError(
+                "max_connections, max_pending_requests and max_queued_replies must be >= 1"
+            )
+        self._network = network
+        self._requested_address = address
+        self._protocol: TransportProtocol[E] = TransportProtocol(
+            envelope, serves_requests=True, max_frame_size=max_frame_size
+        )
+        self._max_connections = max_connections
+        self._max_queued_replies = max_queued_replies
+        self._drain_timeout = drain_timeout
+        self._requests_in: MemoryObjectSendStream[ReceivedEnvelope[E]]
+        self._requests_out: MemoryObjectReceiveStream[ReceivedEnvelope[E]]
+        self._requests_in, self._requests_out = anyio.create_memory_object_stream[
+            ReceivedEnvelope[E]
+        ](max_pending_requests)
+        self._connections: dict[str, _Connection] = {}
+        self._next_connection = 0
+        self._listener: Listener | None = None
+        self._tasks: BackgroundTasks | None = None
+        self._state = "new"
+        self.stats = ServerStats()
+
+    @classmethod
+    def bind(cls, network: NetworkProvider, address: str, **options: Any) -> ServerTransport[Any]:
+        """A server for ``address`` (port 0 picks a free port); it binds on ``async with``."""
+        return cls(network, address, **options)
+
+    def __repr__(self) -> str:
+        return (
+            f"<ServerTransport {self.address} {self._state} connections={len(self._connections)}>"
+        )
+
+    @property
+    def address(self) -> str:
+        """The bound address once open (the real port if 0 was asked), else the requested one."""
+        return self._listener.address if self._listener is not None else self._requested_address
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    @property
+    def protocol_stats(self) -> Any:
+        return self._protocol.stats
+
+    async def __aenter__(self) -> Self:
+        if self._state != "new":
+            raise TransportClosed("a ServerTransport can be entered only once")
+        try:
+            self._listener = await self._network.listen(self._requested_address)
+        except InvalidAddress:
+            raise
+        except OSError as exc:
+            raise BindFailed(f"cannot listen on {self._requested_address}: {exc}") from exc
+        tasks = BackgroundTasks()
+        try:
+            await tasks.__aenter__()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._listener.aclose()
+            raise
+        self._tasks = tasks
+        self._state = "open"
+        tasks.start_soon(self._accept_loop, name=f"moonpool server accept {self.address}")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        self._shut_down()
+        tasks, listener = self._tasks, self._listener
+        if tasks is None or listener is None:
+            return False
+        self._tasks = None
+        try:
+            return await tasks.__aexit__(exc_type, exc, tb)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+
+    async def aclose(self) -> None:
+        """Stop accepting, close every connection and end iteration.
+
+        Safe from any task (e.g. one watching for shutdown): the connection tasks
+        are cancelled at once and are gone when the ``async with`` block exits.
+        """
+        self._shut_down()
+        await anyio.lowlevel.checkpoint()
+
+    def _shut_down(self) -> None:
+        if self._state == "closed":
+            return
+        was_open = self._state == "open"
+        self._state = "closed"
+        self._requests_in.close()
+        self._protocol.close()
+        if was_open and self._tasks is not None:
+            self._tasks.cancel()
+
+    # -- receiving ------------------------------------------------------------------
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> ReceivedEnvelope[E]:
+        try:
+            return await self._requests_out.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    async def receive(self) -> ReceivedEnvelope[E]:
+        """The next request; raises :class:`TransportClosed` once the server is closed."""
+        try:
+            return await self._requests_out.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise TransportClosed(f"server {self.address} is closed") from None
+
+    def poll_receive(self) -> ReceivedEnvelope[E] | None:
+        """The next request if one is already waiting, else ``None``; never blocks."""
+        try:
+            return self._requests_out.receive_nowait()
+        except anyio.WouldBlock:
+            return None
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise TransportClosed(f"server {self.address} is closed") from None
+
+    # -- replying -------------------------------------------------------------------
+
+    def send_reply(self, request: ReceivedEnvelope[E], payload: bytes) -> None:
+        """Queue ``payload`` as the reply to ``request`` on the connection it came from.
+
+        Raises :class:`ConnectionFailed` if that connection is gone (the client will
+        see its request fail or time out), :class:`SendQueueFull` if the client is
+        not reading its replies, :class:`TransportClosed` after close, and
+        :class:`SerializationError` if the reply cannot be encoded.
+        """
+        if self._state != "open":
+            raise TransportClosed(f"server {self.address} is closed")
+        connection = request._connection
+        if request._server is not self:
+            raise ValueError("this request was received by another ServerTransport")
+        if connection.closed:
+            raise ConnectionFailed(
+                f"cannot reply to {request.source}: its connection closed before the reply"
+            )
+        protocol = self._protocol
+        protocol.send(connection.id, request.envelope.create_reply(bytes(payload)))
+        while (transmit := protocol.poll_transmit()) is not None:
+            try:
+                connection.outbox_in.send_nowait(transmit.data)
+            except anyio.WouldBlock:
+                raise SendQueueFull(
+                    f"reply queue to {request.source} is full ({self._max_queued_replies} "
+                    f"replies unread): the client is not reading"
+                ) from None
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                raise ConnectionFailed(
+                    f"cannot reply to {request.source}: its connection closed before the reply"
+                ) from None
+        self.stats.replies_sent += 1
+        connection.answered_one()
+
+    # -- connections ----------------------------------------------------------------
+
+    async def _accept_loop(self) -> None:
+        listener = self._listener
+        assert listener is not None and self._tasks is not None
+        while True:
+            try:
+                stream = await listener.accept()
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+            except OSError as exc:
+                # EMFILE and friends: log, back off a little, keep serving the others.
+                log.warning("server %s: accept failed: %s", self.address, exc)
+                await anyio.sleep(0.1)
+                continue
+            if len(self._connections) >= self._max_connections:
+                self.stats.connections_rejected += 1
+                log.warning(
+                    "server %s: connection limit of %d reached; closing a new connection",
+                    self.address,
+                    self._max_connections,
+                )
+                with anyio.CancelScope(shield=True):
+                    await stream.aclose()
+                continue
+            self._next_connection += 1
+            connection_id = f"conn-{self._next_connection}"
+            connection = _Connection(
+                connection_id,
+                _source_of(stream, connection_id),
+                stream,
+                self._max_queued_replies,
+            )
+            self._connections[connection_id] = connection
+            self.stats.connections_accepted += 1
+            self._tasks.start_soon(
+                self._serve_connection, connection, name=f"moonpool server {connection.source}"
+            )
+
+    async def _serve_connection(self, connection: _Connection) -> None:
+        try:
+            async with connection.stream, anyio.create_task_group() as group:
+                group.start_soon(self._write_loop, connection)
+                if await self._read_loop(connection):
+                    # The client half-closed after its requests: answer them all, let
+                    # the writer drain, then close -- within the drain timeout.
+                    with anyio.move_on_after(self._drain_timeout):
+                        await connection.wait_all_answered()
+                        connection.outbox_in.close()
+                        await connection.writer_done.wait()
+                group.cancel_scope.cancel()
+        finally:
+            connection.closed = True
+            connection.outbox_in.close()
+            del self._connections[connection.id]
+            if not self._protocol.closed:
+                self._protocol.connection_lost(connection.id, now=anyio.current_time())
+
+    async def _read_loop(self, connection: _Connection) -> bool:
+        """Read requests until the connection ends; True if the client half-closed cleanly."""
+        protocol, stream = self._protocol, connection.stream
+        try:
+            while True:
+                data = await stream.receive()
+                protocol.handle_received(connection.id, data)
+                while (item := protocol.poll_receive()) is not None:
+                    # The protocol's queue is shared by every connection, and the send
+                    # below can yield to another connection's reader: route each request
+                    # by the source the protocol recorded, never by "who is reading now".
+                    source_id, envelope = item
+                    origin = self._connections.get(source_id)
+                    if origin is None:
+                        continue  # its connection closed meanwhile; nobody to answer
+                    self.stats.requests_received += 1
+                    origin.outstanding += 1
+                    await self._requests_in.send(
+                        ReceivedEnvelope(envelope, origin.source, origin, self)
+                    )
+        except anyio.EndOfStream:
+            return True
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return False
+        except SerializationError as exc:
+            self.stats.connections_closed_for_bad_input += 1
+            log.warning(
+                "server %s: closing connection from %s: %s", self.address, connection.source, exc
+            )
+            return False
+
+    async def _write_loop(self, connection: _Connection) -> None:
+        outbox, stream = connection.outbox_out, connection.stream
+        try:
+            while True:
+                try:
+                    first = await outbox.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    return
+                batch, size = [first], len(first)
+                while size < _COALESCE_BYTES:
+                    try:
+                        frame = outbox.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                        break
+                    batch.append(frame)
+                    size += len(frame)
+                await stream.send(first if len(batch) == 1 else b"".join(batch))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            connection.closed = True

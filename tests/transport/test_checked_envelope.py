@@ -1,0 +1,169 @@
+"""CheckedEnvelope: a second wire format whose corruption is always detected."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from moonpool.transport import (
+    CheckedEnvelope,
+    CheckedEnvelopeSerializer,
+    Envelope,
+    EnvelopeKind,
+    ErrorReply,
+    SerializationError,
+)
+
+SER = CheckedEnvelope.serializer()
+
+envelopes = st.builds(
+    CheckedEnvelope,
+    kind=st.sampled_from(EnvelopeKind),
+    correlation_id=st.integers(0, 2**64 - 1),
+    payload=st.binary(max_size=512),
+    headers=st.dictionaries(st.text(max_size=8), st.text(max_size=16), max_size=4),
+)
+
+
+def test_shared_serializer_and_header() -> None:
+    assert CheckedEnvelope.serializer() is SER
+    assert isinstance(SER, CheckedEnvelopeSerializer)
+    assert SER.header_size == 8
+
+
+def test_wire_layout_is_length_crc_body() -> None:
+    envelope = CheckedEnvelope(
+        kind=EnvelopeKind.REPLY, correlation_id=7, payload=b"ok", headers={"a": "b"}
+    )
+    frame = SER.serialize(envelope)
+    body = msgspec.msgpack.encode([1, 7, b"ok", {"a": "b"}])
+    assert frame == struct.pack("<II", len(body), zlib.crc32(body)) + body
+    assert SER.frame_size(frame[:8]) == len(frame)
+
+
+@given(envelope=envelopes)
+def test_round_trip(envelope: CheckedEnvelope) -> None:
+    frame = SER.serialize(envelope)
+    assert SER.frame_size(frame[:8]) == len(frame)
+    assert SER.deserialize(frame) == envelope
+    assert SER.deserialize(memoryview(frame)) == envelope
+
+
+@given(envelope=envelopes, data=st.data())
+def test_envelope_survives_corruption_any_single_bit_flip_is_detected(
+    envelope: CheckedEnvelope, data: st.DataObject
+) -> None:
+    """Corruption anywhere in the frame -- header or body -- is never silently accepted."""
+    frame = bytearray(SER.serialize(envelope))
+    bit = data.draw(st.integers(0, len(frame) * 8 - 1), label="bit")
+    frame[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(SerializationError):
+        SER.deserialize(bytes(frame))
+
+
+@given(envelope=envelopes, data=st.data())
+def test_body_corruption_names_the_checksum(envelope: CheckedEnvelope, data: st.DataObject) -> None:
+    frame = bytearray(SER.serialize(envelope))
+    index = data.draw(st.integers(8, len(frame) - 1), label="byte")
+    frame[index] ^= data.draw(st.integers(1, 255), label="xor")
+    with pytest.raises(SerializationError, match="checksum mismatch"):
+        SER.deserialize(bytes(frame))
+
+
+def test_valid_checksum_but_undecodable_body() -> None:
+    body = b"\xc1"  # msgpack's "never used" byte
+    frame = struct.pack("<II", len(body), zlib.crc32(body)) + body
+    with pytest.raises(SerializationError, match=r"checksum ok\) is not a valid envelope"):
+        SER.deserialize(frame)
+
+
+def test_valid_checksum_but_wrong_shape() -> None:
+    body = msgspec.msgpack.encode([9, 1, b"x", {}])  # 9 is not an EnvelopeKind
+    frame = struct.pack("<II", len(body), zlib.crc32(body)) + body
+    with pytest.raises(SerializationError, match="not a valid envelope"):
+        SER.deserialize(frame)
+
+
+def test_negative_correlation_id_on_wire_rejected() -> None:
+    body = msgspec.msgpack.encode([0, -5, b"x", {}])
+    frame = struct.pack("<II", len(body), zlib.crc32(body)) + body
+    with pytest.raises(SerializationError, match="not a valid envelope"):
+        SER.deserialize(frame)
+
+
+def test_length_mismatch_and_short_frame() -> None:
+    frame = SER.serialize(CheckedEnvelope.create_request(1, b"abc"))
+    with pytest.raises(SerializationError, match=r"declares a \d+-byte body but the frame carries"):
+        SER.deserialize(frame[:-1])
+    with pytest.raises(SerializationError, match="frame is 3 bytes"):
+        SER.deserialize(frame[:3])
+    with pytest.raises(SerializationError, match="needs 8 bytes"):
+        SER.frame_size(frame[:7])
+
+
+@pytest.mark.parametrize("cid", [-1, 2**64])
+def test_serialize_rejects_out_of_range_id(cid: int) -> None:
+    with pytest.raises(SerializationError, match="does not fit in an unsigned 64-bit"):
+        SER.serialize(CheckedEnvelope.create_request(cid, b""))
+
+
+def test_serialize_rejects_unencodable_fields() -> None:
+    bad = CheckedEnvelope(
+        kind=EnvelopeKind.REQUEST,
+        correlation_id=1,
+        payload=b"",
+        headers={"k": object()},  # type: ignore[dict-item]
+    )
+    with pytest.raises(SerializationError, match="cannot encode CheckedEnvelope"):
+        SER.serialize(bad)
+    with pytest.raises(SerializationError, match="kind must be an EnvelopeKind"):
+        SER.serialize(CheckedEnvelope(kind=1, correlation_id=1, payload=b""))  # type: ignore[arg-type]
+
+
+def test_reply_matching_only_for_reply_and_error_kinds() -> None:
+    request = CheckedEnvelope.create_request(5, b"q")
+    assert isinstance(request, Envelope)
+    assert request.kind is EnvelopeKind.REQUEST
+    assert not request.is_reply_to(5)  # a request with the same id is not a reply
+
+    reply = request.create_reply(b"a")
+    assert (reply.kind, reply.correlation_id, reply.extract_payload()) == (
+        EnvelopeKind.REPLY,
+        5,
+        b"a",
+    )
+    assert reply.is_reply_to(5)
+    assert not reply.is_reply_to(6)
+
+    error = request.create_error("disk on fire")
+    assert error.kind is EnvelopeKind.ERROR
+    assert error.is_reply_to(5)
+    assert not error.is_reply_to(4)
+
+    one_way = CheckedEnvelope.create_one_way(b"note", headers={"x": "y"})
+    assert one_way.kind is EnvelopeKind.ONE_WAY
+    assert one_way.headers == {"x": "y"}
+    assert not one_way.is_reply_to(one_way.correlation_id)
+
+
+def test_error_reply_capability() -> None:
+    request = CheckedEnvelope.create_request(5, b"q")
+    assert issubclass(CheckedEnvelope, ErrorReply)
+    assert request.remote_error() is None
+    assert request.create_reply(b"fine").remote_error() is None
+    assert request.create_error("disk on fire").remote_error() == "disk on fire"
+    # A non-UTF-8 message must not crash the receiver.
+    raw = CheckedEnvelope(kind=EnvelopeKind.ERROR, correlation_id=5, payload=b"\xff")
+    assert raw.remote_error() == "\ufffd"
+
+
+def test_headers_default_is_not_shared() -> None:
+    first = CheckedEnvelope.create_request(1, b"")
+    second = CheckedEnvelope.create_request(2, b"")
+    assert first.headers == {} == second.headers
+    assert first.headers is not second.headers
