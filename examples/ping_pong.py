@@ -16,6 +16,8 @@ out or lose their connection.  The same two workload functions run
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 
 from moonpool.sim import (
@@ -31,6 +33,7 @@ from moonpool.sim import (
 from moonpool.transport import (
     ClientTransport,
     ConnectionFailed,
+    ReceivedEnvelope,
     ServerTransport,
     TransportClosed,
     TransportTimeout,
@@ -48,20 +51,27 @@ async def ping_server(ctx: WorkloadContext) -> None:
             await ctx.shutdown.wait()
             await server.aclose()
 
+        async def answer(request: ReceivedEnvelope[Any]) -> None:
+            kind, _, rest = request.payload.partition(b" ")
+            always(kind == b"PING", "the server only ever receives pings")
+            if buggify_with_prob(0.05):
+                # A slow request (GC pause, busy disk): longer than the ping timeout.
+                # Each request has its own task, so it delays nobody else -- handled
+                # in line, one slow request per burst would time out all the others,
+                # their retries would queue behind it, and the server would never
+                # catch up (the simulation found that metastable failure).
+                await anyio.sleep(ctx.random.uniform(1.0, 2.0))
+            try:
+                server.send_reply(request, b"PONG " + rest)
+            except ConnectionFailed:
+                reachable("a client vanished before its pong was sent")
+            except TransportClosed:
+                pass  # shutting down
+
         async with anyio.create_task_group() as group:
             group.start_soon(close_on_shutdown)
             async for request in server:
-                kind, _, rest = request.payload.partition(b" ")
-                always(kind == b"PING", "the server only ever receives pings")
-                if buggify_with_prob(0.05):
-                    # A slow server (GC pause, busy disk): longer than the ping timeout.
-                    await anyio.sleep(ctx.random.uniform(1.0, 2.0))
-                try:
-                    server.send_reply(request, b"PONG " + rest)
-                except ConnectionFailed:
-                    reachable("a client vanished before its pong was sent")
-                except TransportClosed:
-                    break
+                group.start_soon(answer, request)
 
 
 async def ping(transport: ClientTransport, ctx: WorkloadContext, server: str, n: int) -> bool:

@@ -378,6 +378,10 @@ class SimNetwork:
     ) -> None:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        # Checked here: zero made every connect time out, and a negative value
+        # surfaced as a ValueError from deep inside trio.sleep on the first connect.
+        if not connect_timeout > 0:
+            raise ValueError(f"connect_timeout must be > 0 seconds, got {connect_timeout}")
         self._world = _world or _World(seed, chaos or ChaosConfig.none(), buffer_size)
         self._world.add_host(host)
         self.host = host

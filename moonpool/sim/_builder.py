@@ -271,6 +271,7 @@ class SimulationBuilder:
             wall_time=time.perf_counter() - started,
             chaos=_chaos_summary(self._chaos),
             buggify=self._buggify,
+            coverage_required=self._seeds is None,
         )
 
 

@@ -69,4 +69,11 @@ class BackgroundTasks:
         self.cancel()
         outer, self._outer = self._outer, None
         assert outer is not None
-        return bool(await outer.__aexit__(exc_type, exc, tb))
+        try:
+            return bool(await outer.__aexit__(exc_type, exc, tb))
+        except BaseExceptionGroup as group:
+            # An error from the user's own block should come out as itself, as it
+            # would from any resource, not wrapped because we happen to host tasks.
+            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
+                raise exc from None
+            raise

@@ -39,8 +39,10 @@ _CorrelationId = Annotated[int, msgspec.Meta(ge=0)]
 class CheckedEnvelope(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     """An envelope with a kind, string headers and a checksummed msgpack body.
 
-    Wire form: ``[body_len: u32 LE][crc32(body): u32 LE][body]`` where ``body`` is
-    the msgpack encoding of the struct (as an array, in field order).
+    Wire form: ``[body_len: u32 LE][crc32(body): u32 LE][crc32(header[0:8]): u32 LE][body]``
+    where ``body`` is the msgpack encoding of the struct (as an array, in field
+    order).  Any flipped bit is detected: in the header as soon as it arrives, in
+    the body when the frame completes.
     """
 
     kind: EnvelopeKind
@@ -91,7 +93,12 @@ class CheckedEnvelope(msgspec.Struct, frozen=True, kw_only=True, array_like=True
         return _SERIALIZER
 
 
-_HEADER: Final = struct.Struct("<II")
+# [body_len u32][crc32(body) u32][crc32(the first 8 header bytes) u32], little endian.
+# The header carries its own checksum so that a corrupted length is rejected the
+# moment the header arrives; checked only with the body, a flipped length bit
+# would make the receiver wait for bytes that never come and stall the connection.
+_HEADER: Final = struct.Struct("<III")
+_LENGTH_AND_SUM: Final = struct.Struct("<II")
 
 
 @final
@@ -108,11 +115,19 @@ class CheckedEnvelopeSerializer:
 
     def frame_size(self, header: bytes | memoryview, /) -> int:
         try:
-            body_len, _ = _HEADER.unpack_from(header)
+            body_len, _, header_sum = _HEADER.unpack_from(header)
         except (struct.error, TypeError) as exc:
             raise SerializationError(
                 f"CheckedEnvelope header needs {_HEADER.size} bytes, got {describe_length(header)}"
             ) from exc
+        with memoryview(header) as view, view[: _LENGTH_AND_SUM.size] as checked:
+            actual = zlib.crc32(checked)
+        if actual != header_sum:
+            raise SerializationError(
+                f"CheckedEnvelope header checksum mismatch: header says {header_sum:#010x}, "
+                f"its length and body-checksum fields hash to {actual:#010x} (corrupted header; "
+                f"declared body length {body_len} is not trusted)"
+            )
         return int(_HEADER.size + body_len)
 
     def serialize(self, envelope: CheckedEnvelope, /) -> bytes:
@@ -138,11 +153,13 @@ class CheckedEnvelopeSerializer:
                 f"CheckedEnvelope body of {len(body)} bytes exceeds the u32 length field "
                 f"(max {U32_MAX}; correlation id {cid})"
             )
-        return _HEADER.pack(len(body), zlib.crc32(body)) + body
+        length_and_sum = _LENGTH_AND_SUM.pack(len(body), zlib.crc32(body))
+        return length_and_sum + zlib.crc32(length_and_sum).to_bytes(4, "little") + body
 
     def deserialize(self, frame: bytes | memoryview, /) -> CheckedEnvelope:
+        self.frame_size(frame)  # validates the header and its checksum
         try:
-            body_len, checksum = _HEADER.unpack_from(frame)
+            body_len, checksum, _ = _HEADER.unpack_from(frame)
             total = len(frame)
         except (struct.error, TypeError) as exc:
             raise SerializationError(

@@ -123,7 +123,7 @@ class TransportDriver(Generic[E]):
         self._dispatch_completions()
 
     def _lost(self, destination: str, reason: str) -> None:
-        self.protocol.connection_lost(destination, now=anyio.current_time())
+        self.protocol.connection_lost(destination, now=anyio.current_time(), reason=reason)
         self.flush()
 
     async def _run_timers(self) -> None:

@@ -364,7 +364,7 @@ class TransportProtocol(Generic[E]):
 
     # ------------------------------------------------------------------ failures & time
 
-    def connection_lost(self, source: str, *, now: float) -> None:
+    def connection_lost(self, source: str, *, now: float, reason: str = "") -> None:
         """The connection for ``source`` is gone (closed, broken, or never opened).
 
         Its partial frame is discarded. Each request to that destination whose
@@ -395,9 +395,10 @@ class TransportProtocol(Generic[E]):
                 why = f"attempt {pending.attempts} of {self._retry.max_attempts}"
             else:
                 why = f"no time left to retry within the {pending.timeout}s timeout"
+            cause = f": {reason}" if reason else ""
             error = ConnectionFailed(
                 f"connection to {source} lost while request {correlation_id} awaited "
-                f"its reply ({why})"
+                f"its reply ({why}){cause}"
             )
             self._completions.append(Completion(correlation_id, None, error))
 

@@ -151,3 +151,14 @@ def test_report_text_and_json() -> None:
     assert document["chaos"]["connect_failure"] == ChaosConfig.default().connect_failure
     statuses = {a["message"]: a["status"] for a in document["assertions"]}
     assert statuses["the coin was thrown"] == "PASS"
+
+
+def test_replayed_seeds_do_not_require_coverage() -> None:
+    async def never(ctx: WorkloadContext) -> None:
+        await trio.lowlevel.checkpoint()
+        sometimes(False, "never true")
+
+    replay = SimulationBuilder().register_workload("w", never).set_seeds([1, 2]).run()
+    assert replay.ok
+    replay.assert_success()
+    assert "MISS" in str(replay)

@@ -30,10 +30,16 @@ envelopes = st.builds(
 )
 
 
+def _frame(body: bytes) -> bytes:
+    """The documented wire form, written out independently of the serializer."""
+    length_and_sum = struct.pack("<II", len(body), zlib.crc32(body))
+    return length_and_sum + struct.pack("<I", zlib.crc32(length_and_sum)) + body
+
+
 def test_shared_serializer_and_header() -> None:
     assert CheckedEnvelope.serializer() is SER
     assert isinstance(SER, CheckedEnvelopeSerializer)
-    assert SER.header_size == 8
+    assert SER.header_size == 12
 
 
 def test_wire_layout_is_length_crc_body() -> None:
@@ -42,14 +48,14 @@ def test_wire_layout_is_length_crc_body() -> None:
     )
     frame = SER.serialize(envelope)
     body = msgspec.msgpack.encode([1, 7, b"ok", {"a": "b"}])
-    assert frame == struct.pack("<II", len(body), zlib.crc32(body)) + body
-    assert SER.frame_size(frame[:8]) == len(frame)
+    assert frame == _frame(body)
+    assert SER.frame_size(frame[:12]) == len(frame)
 
 
 @given(envelope=envelopes)
 def test_round_trip(envelope: CheckedEnvelope) -> None:
     frame = SER.serialize(envelope)
-    assert SER.frame_size(frame[:8]) == len(frame)
+    assert SER.frame_size(frame[:12]) == len(frame)
     assert SER.deserialize(frame) == envelope
     assert SER.deserialize(memoryview(frame)) == envelope
 
@@ -77,21 +83,21 @@ def test_body_corruption_names_the_checksum(envelope: CheckedEnvelope, data: st.
 
 def test_valid_checksum_but_undecodable_body() -> None:
     body = b"\xc1"  # msgpack's "never used" byte
-    frame = struct.pack("<II", len(body), zlib.crc32(body)) + body
+    frame = _frame(body)
     with pytest.raises(SerializationError, match=r"checksum ok\) is not a valid envelope"):
         SER.deserialize(frame)
 
 
 def test_valid_checksum_but_wrong_shape() -> None:
     body = msgspec.msgpack.encode([9, 1, b"x", {}])  # 9 is not an EnvelopeKind
-    frame = struct.pack("<II", len(body), zlib.crc32(body)) + body
+    frame = _frame(body)
     with pytest.raises(SerializationError, match="not a valid envelope"):
         SER.deserialize(frame)
 
 
 def test_negative_correlation_id_on_wire_rejected() -> None:
     body = msgspec.msgpack.encode([0, -5, b"x", {}])
-    frame = struct.pack("<II", len(body), zlib.crc32(body)) + body
+    frame = _frame(body)
     with pytest.raises(SerializationError, match="not a valid envelope"):
         SER.deserialize(frame)
 
@@ -100,9 +106,9 @@ def test_length_mismatch_and_short_frame() -> None:
     frame = SER.serialize(CheckedEnvelope.create_request(1, b"abc"))
     with pytest.raises(SerializationError, match=r"declares a \d+-byte body but the frame carries"):
         SER.deserialize(frame[:-1])
-    with pytest.raises(SerializationError, match="frame is 3 bytes"):
+    with pytest.raises(SerializationError, match="header needs 12 bytes, got 3 bytes"):
         SER.deserialize(frame[:3])
-    with pytest.raises(SerializationError, match="needs 8 bytes"):
+    with pytest.raises(SerializationError, match="needs 12 bytes"):
         SER.frame_size(frame[:7])
 
 
@@ -167,3 +173,16 @@ def test_headers_default_is_not_shared() -> None:
     second = CheckedEnvelope.create_request(2, b"")
     assert first.headers == {} == second.headers
     assert first.headers is not second.headers
+
+
+@given(bit=st.integers(min_value=0, max_value=8 * 8 - 1))
+def test_corrupted_length_is_rejected_from_the_header_alone(bit: int) -> None:
+    """A flipped bit in the length or checksum fields is caught before any body byte.
+
+    Without a header check, the receiver would wait for a body length that is
+    wrong and stall the connection until that many bytes happened to arrive.
+    """
+    frame = bytearray(SER.serialize(CheckedEnvelope.create_request(5, b"payload")))
+    frame[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(SerializationError, match="header checksum mismatch"):
+        SER.frame_size(bytes(frame[:12]))

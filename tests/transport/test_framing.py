@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import struct
 import tracemalloc
+import zlib
 
 import pytest
 from hypothesis import given
@@ -156,7 +157,8 @@ def test_oversize_header_rejected_even_when_split() -> None:
 
 
 def test_decoder_is_poisoned_after_error() -> None:
-    bad = struct.pack("<II", 3, 0) + b"abc"  # wrong checksum
+    length_and_sum = struct.pack("<II", 3, 0)  # a sound header announcing a bad body checksum
+    bad = length_and_sum + struct.pack("<I", zlib.crc32(length_and_sum)) + b"abc"
     good = CK.serialize(CheckedEnvelope.create_request(1, b"ok"))
     decoder = FrameDecoder(CK)
     with pytest.raises(SerializationError, match="checksum mismatch"):

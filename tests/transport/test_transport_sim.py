@@ -1,0 +1,360 @@
+"""Transport behaviour users rely on, checked on the simulated network.
+
+Single-seed component tests run under pytest-trio with the autojump clock and the
+plugin's ``sim_network`` fixture (default chaos, seeded per test or by
+``--moonpool-seed``); multi-seed ones run whole simulations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import anyio
+import anyio.abc
+import pytest
+import trio
+
+from moonpool.net import ChaosConfig, InvalidAddress, LatencyConfig, SimNetwork
+from moonpool.sim import FixedCount, SimulationBuilder, WorkloadContext, always, sometimes
+from moonpool.transport import (
+    CheckedEnvelope,
+    ClientTransport,
+    ConnectionFailed,
+    PeerConfig,
+    RetryPolicy,
+    SendQueueFull,
+    ServerTransport,
+    TransportClosed,
+    TransportError,
+    TransportTimeout,
+)
+
+SERVER = "server:4500"
+
+
+def calm(seed: int = 1) -> SimNetwork:
+    """A network without faults, for tests about one specific misbehaviour."""
+    return SimNetwork(seed=seed, chaos=ChaosConfig.none(), host="client")
+
+
+async def echo_server(server: ServerTransport[object], *, prefix: bytes = b"re:") -> None:
+    async for request in server:
+        with contextlib.suppress(TransportError):
+            server.send_reply(request, prefix + request.payload)
+
+
+@pytest.mark.trio
+async def test_get_reply_times_out_when_server_never_answers(autojump_clock: object) -> None:
+    network = calm()
+    async with ServerTransport.bind(network.for_host("server"), SERVER) as server:
+        async with ClientTransport(network) as client:
+            started = trio.current_time()
+            with pytest.raises(TransportTimeout, match=r"no reply from server:4500 .*within 2.5s"):
+                await client.get_reply(SERVER, b"hello?", timeout=2.5)
+            assert trio.current_time() - started == pytest.approx(2.5, abs=0.01)
+            assert client.pending == 0
+        assert server.stats.requests_received == 1
+
+
+@pytest.mark.trio
+async def test_connection_refused_is_connection_failed_fast(autojump_clock: object) -> None:
+    async with ClientTransport(calm()) as client:
+        started = trio.current_time()
+        with pytest.raises(ConnectionFailed, match="nothing listens there"):
+            await client.get_reply("nobody:1", b"x", timeout=30)
+        assert trio.current_time() - started < 1.0
+
+
+@pytest.mark.trio
+async def test_misuse_raises_precise_errors(autojump_clock: object) -> None:
+    client = ClientTransport(calm())
+    with pytest.raises(TransportClosed, match="not open"):
+        await client.get_reply(SERVER, b"x")
+    async with client:
+        with pytest.raises(InvalidAddress):
+            await client.get_reply("no-port", b"x")
+        with pytest.raises(ValueError, match="timeout must be a positive"):
+            await client.get_reply(SERVER, b"x", timeout=0)
+        with pytest.raises(TypeError, match="payload must be bytes"):
+            await client.get_reply(SERVER, "text")  # type: ignore[arg-type]
+    with pytest.raises(TransportClosed, match="is closed"):
+        await client.get_reply(SERVER, b"x")
+    with pytest.raises(TransportClosed):
+        async with client:
+            pass
+
+
+@pytest.mark.trio
+async def test_concurrent_get_reply_share_one_connection(
+    autojump_clock: object, sim_network: SimNetwork
+) -> None:
+    """Many requests in flight on one connection, under chaos, each get their own reply."""
+    network = SimNetwork(
+        seed=7, chaos=ChaosConfig.default().without(["reset", "connect_failure"]), host="client"
+    )
+    async with ServerTransport.bind(network.for_host("server"), SERVER) as server:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo_server, server)
+            async with ClientTransport(network) as client:
+                replies: dict[int, bytes] = {}
+
+                async def ask(n: int) -> None:
+                    replies[n] = await client.get_reply(SERVER, b"%d" % n, timeout=30)
+
+                async with trio.open_nursery() as requests:
+                    for n in range(300):
+                        requests.start_soon(ask, n)
+                assert replies == {n: b"re:%d" % n for n in range(300)}
+                assert len(client_peers(client)) == 1
+            await server.aclose()
+    assert server.stats.connections_accepted == 1
+
+
+def client_peers(client: ClientTransport) -> list[object]:
+    return [peer for driver in client._drivers.values() for peer in driver.peers.values()]
+
+
+@pytest.mark.trio
+async def test_closing_fails_pending_requests_and_returns_promptly(autojump_clock: object) -> None:
+    network = calm()
+    async with ServerTransport.bind(network.for_host("server"), SERVER):
+        outcomes: list[BaseException] = []
+        async with ClientTransport(network) as client:
+
+            async def ask() -> None:
+                try:
+                    await client.get_reply(SERVER, b"x", timeout=60)
+                except TransportError as exc:
+                    outcomes.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(5):
+                    nursery.start_soon(ask)
+                await trio.sleep(1)
+                started = trio.current_time()
+                await client.aclose()
+            assert trio.current_time() == started  # no waiting on timeouts
+        assert len(outcomes) == 5
+        assert all(isinstance(exc, TransportClosed) for exc in outcomes)
+
+
+@pytest.mark.trio
+async def test_cancelled_caller_does_not_disturb_others(autojump_clock: object) -> None:
+    network = calm()
+    async with ServerTransport.bind(network.for_host("server"), SERVER) as server:
+        async with trio.open_nursery() as nursery:
+
+            async def slow_echo() -> None:
+                async for request in server:
+                    await trio.sleep(1)
+                    server.send_reply(request, request.payload)
+
+            nursery.start_soon(slow_echo)
+            async with ClientTransport(network) as client:
+                with trio.move_on_after(0.5):
+                    await client.get_reply(SERVER, b"abandoned", timeout=10)
+                assert await client.get_reply(SERVER, b"kept", timeout=10) == b"kept"
+                stats = client.stats()
+                assert stats.requests_cancelled == 1
+                assert stats.dropped_replies == 1  # the late reply to the abandoned one
+            await server.aclose()
+
+
+@pytest.mark.trio
+async def test_server_shutdown_while_clients_talk_leaves_no_task(autojump_clock: object) -> None:
+    # Latency, so that requests are in flight when the server goes away.
+    network = SimNetwork(seed=1, chaos=ChaosConfig(latency=LatencyConfig()), host="client")
+    errors: list[BaseException] = []
+    async with trio.open_nursery() as nursery:
+        async with ServerTransport.bind(network.for_host("server"), SERVER) as server:
+            nursery.start_soon(echo_server, server)
+
+            async def chatter(name: str) -> None:
+                async with ClientTransport(network.for_host(name)) as client:
+                    for n in range(1000):
+                        try:
+                            await client.get_reply(SERVER, b"%d" % n, timeout=1)
+                        except TransportError as exc:
+                            errors.append(exc)
+                            return
+
+            for i in range(3):
+                nursery.start_soon(chatter, f"c{i}")
+            await trio.sleep(0.05)
+            assert any("moonpool server" in name for name in _live_moonpool_tasks())
+        # The server's block has exited while three clients were mid-request.
+        assert server.connection_count == 0
+    assert len(errors) == 3
+    assert all(isinstance(e, ConnectionFailed | TransportTimeout) for e in errors)
+    # Nothing of the server or clients is left running anywhere in this run.
+    assert _live_moonpool_tasks() == []
+
+
+def _live_moonpool_tasks() -> list[str]:
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    names, stack = [], [root]
+    while stack:
+        task = stack.pop()
+        names.append(task.name)
+        stack.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return [name for name in names if "moonpool" in name]
+
+
+async def _drain(stream: anyio.abc.ByteStream) -> None:
+    """Read until the stream ends (raising how it ended)."""
+    while True:
+        await stream.receive()
+
+
+@pytest.mark.trio
+async def test_bad_bytes_close_only_that_connection(
+    autojump_clock: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    network = calm()
+    caplog.set_level(logging.WARNING, logger="moonpool.transport")
+    async with ServerTransport.bind(network.for_host("server"), SERVER) as server:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo_server, server)
+            async with ClientTransport(network.for_host("good")) as good:
+                assert await good.get_reply(SERVER, b"1") == b"re:1"
+                raw = await network.for_host("evil").connect(SERVER)
+                # A header announcing a 4 GiB payload: rejected before any allocation.
+                await raw.send(b"\x01" * 8 + b"\xff\xff\xff\xff")
+                with trio.fail_after(5):
+                    with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                        await _drain(raw)
+                assert await good.get_reply(SERVER, b"2") == b"re:2"
+            await server.aclose()
+    assert server.stats.connections_closed_for_bad_input == 1
+    assert "frame" in caplog.text and "evil" in caplog.text
+
+
+@pytest.mark.trio
+async def test_send_queue_overflow_is_an_error_the_caller_sees(autojump_clock: object) -> None:
+    network = calm()
+    listener = await network.for_host("server").listen(SERVER)  # accepts nothing, ever
+    async with listener:
+        config = PeerConfig(max_queued_frames=4)
+        async with ClientTransport(network, peer_config=config) as client:
+            results: list[BaseException] = []
+
+            async def ask() -> None:
+                try:
+                    await client.get_reply(SERVER, b"x" * 100_000, timeout=5)
+                except TransportError as exc:
+                    results.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(40):
+                    nursery.start_soon(ask)
+            kinds = {type(exc) for exc in results}
+            assert SendQueueFull in kinds
+            assert len(results) == 40
+
+
+@pytest.mark.trio
+async def test_server_serves_every_request_of_every_connection(autojump_clock: object) -> None:
+    """The plan's server bug (I/O only on the first tick) cannot happen here."""
+    network = SimNetwork(seed=3, chaos=ChaosConfig.default().without(["reset", "connect_failure"]))
+    async with ServerTransport.bind(network.for_host("server"), SERVER) as server:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo_server, server)
+
+            async def sequential_client(name: str) -> None:
+                async with ClientTransport(network.for_host(name)) as client:
+                    for n in range(30):
+                        reply = await client.get_reply(SERVER, f"{name}/{n}".encode(), timeout=30)
+                        assert reply == f"re:{name}/{n}".encode()
+
+            async with trio.open_nursery() as clients:
+                for i in range(8):
+                    clients.start_soon(sequential_client, f"client{i}")
+            await server.aclose()
+    assert server.stats.connections_accepted == 8
+    assert server.stats.replies_sent == 8 * 30
+
+
+# -- multi-seed simulations ----------------------------------------------------------
+
+
+async def checked_server(ctx: WorkloadContext) -> None:
+    async with ServerTransport.bind(ctx.network, ctx.address, envelope=CheckedEnvelope) as server:
+        async with anyio.create_task_group() as group:
+
+            async def stop() -> None:
+                await ctx.shutdown.wait()
+                await server.aclose()
+
+            group.start_soon(stop)
+            async for request in server:
+                with contextlib.suppress(TransportError):
+                    server.send_reply(request, b"ack:" + request.payload)
+
+
+async def checked_client(ctx: WorkloadContext) -> None:
+    async with ClientTransport(ctx.network, envelope=CheckedEnvelope) as client:
+        for _n in range(15):
+            payload = ctx.random.randbytes(ctx.random.randint(1, 300))
+            while True:
+                try:
+                    reply = await client.get_reply(ctx.peers["server"], payload, timeout=1.0)
+                    break
+                except (TransportTimeout, ConnectionFailed):
+                    continue
+            always(reply == b"ack:" + payload, "a checksummed reply is never corrupted")
+        stats = client.stats()
+        sometimes(stats.connection_failures > 0, "corruption broke a connection")
+
+
+def test_checked_envelope_survives_bit_flips() -> None:
+    """Bit flips on the wire: every corrupted frame is detected, never delivered."""
+    chaos = ChaosConfig(bit_flip=0.05)
+    report = (
+        SimulationBuilder()
+        .set_chaos(chaos)
+        .enable_buggify()
+        .register_workload("server", checked_server)
+        .register_workload("client", checked_client)
+        .set_iteration_control(FixedCount(40))
+        .run()
+    )
+    report.assert_success()
+    assert report.fault_totals["bit_flip"] > 20
+
+
+async def retrying_client(ctx: WorkloadContext) -> None:
+    retry = RetryPolicy(max_attempts=5, backoff_initial=0.01, backoff_max=0.2)
+    async with ClientTransport(ctx.network, retry=retry) as client:
+        for n in range(30):
+            message = b"PING %d" % n
+            try:
+                reply = await client.get_reply(ctx.peers["server"], message, timeout=5.0)
+            except TransportError:
+                sometimes(True, "a request failed despite transport retries")
+                continue
+            always(reply == b"PONG %d" % n, "retried request gets its own reply")
+        sometimes(client.stats().retries > 0, "the transport retried a request itself")
+
+
+def test_protocol_retries_on_connection_loss() -> None:
+    from tests.transport.ping_pong import example
+
+    report = (
+        SimulationBuilder()
+        .set_chaos(msgspec_replace(ChaosConfig.default(), reset=0.05))
+        .enable_buggify()
+        .register_workload("server", example.ping_server)
+        .register_workload("client", retrying_client)
+        .set_iteration_control(FixedCount(40))
+        .run()
+    )
+    report.assert_success()
+    assert report.fault_totals["reset"] > 10
+
+
+def msgspec_replace(config: ChaosConfig, **changes: object) -> ChaosConfig:
+    import msgspec
+
+    return msgspec.structs.replace(config, **changes)
