@@ -15,6 +15,7 @@ from moonpool.sim import ChaosConfig, FixedCount, SimulationBuilder, WorkloadCon
 
 ROOT = Path(__file__).resolve().parents[2]
 ECHO = ROOT / "examples" / "echo.py"
+PING_PONG = ROOT / "examples" / "ping_pong.py"
 
 
 async def racers(ctx: WorkloadContext) -> None:
@@ -70,7 +71,7 @@ def test_same_seed_same_trace_in_process() -> None:
     assert len({r.trace_hash for r in one.runs}) == 3, "different seeds, different traces"
 
 
-def _run_in_subprocess(seed: int, hash_seed: str) -> dict[str, object]:
+def _run_in_subprocess(seed: int, hash_seed: str, target: Path = ECHO) -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOONPOOL_")}
     env["PYTHONHASHSEED"] = hash_seed
     completed = subprocess.run(
@@ -143,3 +144,15 @@ def test_fixed_count_seed_sequence_follows_base_seed() -> None:
 
     assert seeds(3) == seeds(3)
     assert seeds(3) != seeds(4)
+
+
+def test_transport_simulation_is_deterministic_across_processes() -> None:
+    """Ping-pong exercises peers, drivers, timers and retries: all replay exactly."""
+    seed = 1407832018
+    a = _run_in_subprocess(seed, "1", PING_PONG)
+    b = _run_in_subprocess(seed, "999", PING_PONG)
+    runs_a, runs_b = a["runs"], b["runs"]
+    assert isinstance(runs_a, list) and isinstance(runs_b, list)
+    assert runs_a[0]["events"] > 100
+    assert runs_a[0]["trace_hash"] == runs_b[0]["trace_hash"]
+    assert runs_a[0]["faults"] == runs_b[0]["faults"]
