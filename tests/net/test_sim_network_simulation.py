@@ -244,3 +244,11 @@ def test_sim_streams_pass_conformance_in_simulation_with_buggify() -> None:
     if report.iterations >= 6:
         assert report.fault_totals.get("partial_io", 0) > 0
         assert report.fault_totals.get("buggify", 0) > 0
+
+
+@pytest.mark.slow
+def test_echo_five_hundred_seeds_default_chaos() -> None:
+    """The chaos nox session: 500 seeds of echo under default chaos, zero failures."""
+    report = echo_simulation(ChaosConfig.default(), seeds=500).set_base_seed(BASE_SEED + 1).run()
+    report.assert_success()
+    assert report.iterations == 500
