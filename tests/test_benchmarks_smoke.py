@@ -1,0 +1,74 @@
+"""The benchmark suite runs end to end and reports what it promises.
+
+Speed is never asserted here (targets are judged by ``python -m benchmarks``
+itself, as ratios): this only runs the envelope benchmark with tiny counts and
+checks the structure of its figures and of the JSON document.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks import _runner
+from benchmarks._core import Figure, Settings
+
+TINY = Settings(scale=0.001, repeats=1, warmup=0, quick=True)
+
+
+def test_envelope_benchmark_produces_complete_figures() -> None:
+    result = _runner.run_benchmark("envelope", TINY)
+
+    assert result.error is None, result.error
+    assert result.outcome.notes
+    figures = result.outcome.figures
+    assert figures
+    for figure in figures:
+        assert isinstance(figure, Figure)
+        assert figure.name and figure.unit
+        assert len(figure.samples) >= TINY.repeats
+        assert all(math.isfinite(value) and value > 0 for value in figure.samples)
+        # Every envelope figure has a raw baseline, hence a ratio.
+        assert figure.baseline is not None and figure.baseline > 0
+        assert figure.ratio == pytest.approx(figure.value / figure.baseline)
+        assert figure.status in ("PASS", "FAIL", "-")
+
+
+def test_command_line_writes_table_and_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(_runner, "QUICK", TINY)
+    output = tmp_path / "out" / "results.json"
+
+    status = _runner.main(["--quick", "--only", "envelope", "--output", str(output)])
+
+    assert status == 0
+    table = capsys.readouterr().out
+    assert "envelope" in table and "ratio" in table
+    document = json.loads(output.read_text())
+    assert document["schema"] == _runner.SCHEMA_VERSION
+    assert set(document["versions"]) >= {"python", "trio", "anyio", "msgspec"}
+    assert document["settings"]["quick"] is True
+    assert document["summary"]["errors"] == []
+    assert list(document["benchmarks"]) == ["envelope"]
+    entry = document["benchmarks"]["envelope"]
+    assert entry["error"] is None
+    for figure in entry["figures"]:
+        assert set(figure) >= {
+            "name",
+            "unit",
+            "value",
+            "samples",
+            "baseline",
+            "ratio",
+            "target",
+            "status",
+        }
+
+
+def test_unknown_benchmark_name_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit):
+        _runner.parse_args(["--only", "no_such_benchmark"])
