@@ -64,6 +64,8 @@ class PartitionTimeline:
         self.active.append(partition)
 
     def _advance(self, now: float) -> None:
+        if not self.active and (self._next_start is None or self._next_start > now):
+            return  # the common case, on every write: nothing to generate or expire
         while self._next_start is not None and self._next_start <= now:
             start = self._next_start
             hosts = sorted(self._hosts())
