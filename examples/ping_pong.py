@@ -12,14 +12,31 @@ out or lose their connection.  The same two workload functions run
 * on real loopback TCP, on trio or asyncio::
 
       python examples/ping_pong.py --real --backend asyncio --requests 10000
+      python examples/ping_pong.py --real --backend trio --requests 20000 --concurrency 100
+
+  The real run starts ``ping_server`` -- the very function the simulation runs --
+  on ``127.0.0.1`` (port 0: the kernel picks a free port), then sends the pings from
+  ``--concurrency`` tasks sharing *one* ``ClientTransport``: K ``get_reply`` calls
+  in flight on one TCP connection, told apart by correlation id, which is the
+  transport's job.  Every pong is checked; the run prints requests/s and latency
+  percentiles and exits 0, or 1 if any request failed or got a wrong answer.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
+import anyio.abc
 
+from moonpool.net import Listener, NetworkProvider, RealNetwork
 from moonpool.sim import (
     ChaosConfig,
     SimulationBuilder,
@@ -36,6 +53,7 @@ from moonpool.transport import (
     ReceivedEnvelope,
     ServerTransport,
     TransportClosed,
+    TransportError,
     TransportTimeout,
 )
 
@@ -118,3 +136,229 @@ def simulation() -> SimulationBuilder:
         .register_workload("server", ping_server)
         .register_workload("client", ping_client, count=2)
     )
+
+
+# -- the same server on real TCP ----------------------------------------------------
+
+
+class AnnouncingNetwork:
+    """A network provider that tells the caller where its server ended up listening.
+
+    ``ping_server`` binds ``ctx.address`` itself; on real TCP that address says port
+    0 (any free port), so the load generator needs the port the kernel chose.  This
+    wrapper records it without changing a line of the workload.
+    """
+
+    def __init__(self, network: NetworkProvider) -> None:
+        self._network = network
+        self.address = ""
+        self.listening = anyio.Event()
+
+    async def connect(self, address: str) -> anyio.abc.ByteStream:
+        return await self._network.connect(address)
+
+    async def listen(self, address: str) -> Listener:
+        listener = await self._network.listen(address)
+        self.address = listener.address
+        self.listening.set()
+        return listener
+
+
+class WrongReply(AssertionError):
+    """The server answered a ping with something other than its pong."""
+
+
+class RealRun:
+    """What a real-network run measured."""
+
+    def __init__(self, server: str, requests: int, concurrency: int) -> None:
+        self.server = server
+        self.requests = requests
+        self.concurrency = concurrency
+        self.seconds = 0.0
+        self.latencies: list[float] = []  # seconds, one per answered ping
+        self.error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and len(self.latencies) == self.requests
+
+    def percentiles(self) -> dict[str, float]:
+        """Nearest-rank latency percentiles, in seconds (empty if nothing was answered)."""
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return {}
+        return {
+            name: ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+            for name, fraction in PERCENTILES
+        }
+
+    def header(self) -> str:
+        return (
+            f"ping-pong on real TCP: server {self.server}, {self.requests} requests, "
+            f"{self.concurrency} in flight over one ClientTransport"
+        )
+
+    def summary(self) -> str:
+        answered = len(self.latencies)
+        lines = [
+            f"  {answered} pongs checked in {self.seconds:.3f} s: "
+            f"{answered / self.seconds if self.seconds > 0 else 0.0:,.0f} requests/s",
+        ]
+        if answered:
+            lines.append(
+                "  latency "
+                + "  ".join(f"{name} {s * 1e3:.3f} ms" for name, s in self.percentiles().items())
+            )
+        if self.error is not None:
+            lines.append(f"  FAILED: {type(self.error).__name__}: {self.error}")
+        return "\n".join(lines)
+
+
+PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("max", 1.0))
+
+
+async def ping_load(
+    network: NetworkProvider,
+    server: str,
+    requests: int,
+    concurrency: int,
+    timeout: float,
+    announce: Callable[[RealRun], None] | None = None,
+) -> RealRun:
+    """``requests`` pings, ``concurrency`` at a time, over one ``ClientTransport``.
+
+    The first failure (a transport error or a wrong pong) stops the run: on loopback
+    nothing should fail, so there is nothing to retry -- unlike under simulated chaos.
+    """
+    run = RealRun(server, requests, concurrency)
+    if announce is not None:
+        announce(run)
+    numbers = iter(range(requests))  # shared by the workers: each takes the next number
+
+    async with ClientTransport(network, timeout=timeout) as transport:
+
+        async def worker() -> None:
+            for n in numbers:
+                if run.error is not None:
+                    return
+                message = f"PING real {n}".encode()
+                started = time.perf_counter()
+                try:
+                    reply = await transport.get_reply(server, message)
+                except TransportError as exc:
+                    run.error = run.error or exc
+                    return
+                run.latencies.append(time.perf_counter() - started)
+                if reply != b"PONG" + message[4:]:
+                    run.error = run.error or WrongReply(f"{message!r} was answered with {reply!r}")
+                    return
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as group:
+            for _ in range(max(1, min(concurrency, requests))):
+                group.start_soon(worker)
+        run.seconds = time.perf_counter() - started
+    return run
+
+
+async def run_real(
+    requests: int,
+    concurrency: int,
+    *,
+    host: str = "127.0.0.1",
+    timeout: float = 5.0,
+    announce: Callable[[RealRun], None] | None = None,
+) -> RealRun:
+    """Start ``ping_server`` on ``host`` (a free port), ping it, shut it down."""
+    network = AnnouncingNetwork(RealNetwork())
+    shutdown = anyio.Event()
+    server = WorkloadContext(
+        name="server",
+        address=f"{host}:0",
+        peers={},
+        network=network,
+        random=random.Random(),
+        shutdown=shutdown,
+        seed=0,
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(ping_server, server)
+        try:
+            with anyio.fail_after(10):
+                await network.listening.wait()
+            run = await ping_load(
+                network, network.address, requests, concurrency, timeout, announce
+            )
+        finally:
+            shutdown.set()  # ping_server closes its ServerTransport and returns
+    return run
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """True for Ctrl-C, also when a task group wrapped it in an exception group."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(KeyboardInterrupt) is not None
+    return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Ping-pong over the moonpool transport. Without --real, run the chaos "
+        "simulation (like 'python -m moonpool run examples/ping_pong.py').",
+    )
+    parser.add_argument("--real", action="store_true", help="run on real loopback TCP")
+    parser.add_argument("--backend", choices=("trio", "asyncio"), default="trio")
+    parser.add_argument("--requests", type=_positive_int, default=10_000, metavar="N")
+    parser.add_argument(
+        "--concurrency", type=_positive_int, default=64, metavar="K", help="pings in flight"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=5.0,
+        help="seconds to wait for each pong (default 5)",
+    )
+    args = parser.parse_args(argv)
+    if not args.real:
+        report = simulation().run()
+        print(report)
+        return 0 if report.ok else 1
+
+    def announce(run: RealRun) -> None:
+        print(f"[{args.backend}] {run.header()}", flush=True)
+
+    try:
+        run = anyio.run(
+            functools.partial(
+                run_real, args.requests, args.concurrency, timeout=args.timeout, announce=announce
+            ),
+            backend=args.backend,
+        )
+    except BaseException as exc:
+        if _interrupted(exc):
+            print("\ninterrupted", file=sys.stderr)
+            return 130
+        raise
+    print(run.summary())
+    return 0 if run.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,7 +20,7 @@ from typing import Any, Self, final
 import anyio
 import anyio.abc
 
-from moonpool.net import NetworkProvider, parse_address
+from moonpool.net import InvalidAddress, NetworkProvider, parse_address
 from moonpool.sim._state import current_run
 from moonpool.transport._background import BackgroundTasks
 from moonpool.transport._driver import TransportDriver
@@ -202,7 +202,11 @@ class ClientTransport:
                 if self._state == "closed"
                 else "ClientTransport is not open: use it as 'async with ClientTransport(...)'"
             )
-        parse_address(destination)
+        if parse_address(destination).port == 0:
+            # Port 0 means "any free port" to listen(), and is nowhere to connect to.
+            # Caught here, not by the peer's connect, where it used to crash the
+            # transport's background tasks.
+            raise InvalidAddress(f"cannot send to {destination!r}: port 0 is not a real port")
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
         timeout = self._default_timeout if timeout is None else timeout

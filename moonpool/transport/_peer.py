@@ -239,7 +239,7 @@ class Peer:
                     failure.append(f"connection to {self.address} closed by the remote")
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
                     failure.append(
-                        f"connection to {self.address} broken: {exc or type(exc).__name__}"
+                        f"connection to {self.address} broken: {str(exc) or type(exc).__name__}"
                     )
                 except SerializationError as exc:
                     log.warning("closing connection to %s: %s", self.address, exc)
@@ -250,7 +250,7 @@ class Peer:
             try:
                 await self._write_loop(stream, first)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                failure.append(f"write to {self.address} failed: {exc or type(exc).__name__}")
+                failure.append(f"write to {self.address} failed: {str(exc) or type(exc).__name__}")
             group.cancel_scope.cancel()
         self.stats.connections_lost += 1
         if failure:

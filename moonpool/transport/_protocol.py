@@ -354,6 +354,15 @@ class TransportProtocol(Generic[E]):
             )
             self._completions.append(Completion(correlation_id, None, error))
 
+    def buffered(self, source: str) -> int:
+        """Bytes received from ``source`` that do not make a whole frame yet.
+
+        Non-zero when a connection ends means it ended mid-frame: the driver
+        reports that as bad input rather than as a clean close.
+        """
+        decoder = self._decoders.get(source)
+        return 0 if decoder is None else decoder.buffered
+
     def poll_receive(self) -> tuple[str, E] | None:
         """The next received ``(source, envelope)`` in server mode, or ``None``."""
         return self._received.popleft() if self._received else None

@@ -11,12 +11,15 @@ Bad bytes on one connection close that connection (with a logged
 :class:`SerializationError`) and nothing else.  Limits keep memory bounded
 whatever clients do: a maximum frame size, a maximum number of connections, a
 bounded request queue (a client that floods it stops being read: TCP
-backpressure) and a bounded reply queue per connection.
+backpressure) and a bounded reply queue per connection.  A ``frame_timeout``
+closes connections that start a frame and never finish it ("slowloris"), so
+they cannot hold a connection slot and a frame buffer forever.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, final
@@ -53,6 +56,7 @@ class ServerStats:
     connections_accepted: int = 0
     connections_rejected: int = 0
     connections_closed_for_bad_input: int = 0
+    connections_closed_for_slow_frames: int = 0
     requests_received: int = 0
     replies_sent: int = 0
 
@@ -89,6 +93,13 @@ class _Connection:
     def answered_one(self) -> None:
         self.outstanding -= 1
         if self.outstanding == 0 and self._answered is not None:
+            self._answered.set()
+
+    def abandon(self) -> None:
+        """The connection can carry no more replies: stop waiting for them."""
+        self.closed = True
+        self.outstanding = 0
+        if self._answered is not None:
             self._answered.set()
 
     async def wait_all_answered(self) -> None:
@@ -147,10 +158,15 @@ class ServerTransport(Generic[E]):
         max_pending_requests: int = 1024,
         max_queued_replies: int = 4096,
         drain_timeout: float = 5.0,
+        frame_timeout: float | None = 30.0,
     ) -> None:
         if max_connections < 1 or max_pending_requests < 1 or max_queued_replies < 1:
             raise ValueError(
                 "max_connections, max_pending_requests and max_queued_replies must be >= 1"
+            )
+        if frame_timeout is not None and not 0 < frame_timeout < math.inf:
+            raise ValueError(
+                f"frame_timeout must be positive and finite, or None, got {frame_timeout!r}"
             )
         self._network = network
         self._requested_address = address
@@ -160,6 +176,10 @@ class ServerTransport(Generic[E]):
         self._max_connections = max_connections
         self._max_queued_replies = max_queued_replies
         self._drain_timeout = drain_timeout
+        # Slowloris protection: how long a connection may keep us waiting for the
+        # rest of a frame it has started.  Idle connections (between frames) are
+        # not affected; max_connections bounds those.
+        self._frame_timeout = frame_timeout
         self._requests_in: MemoryObjectSendStream[ReceivedEnvelope[E]]
         self._requests_out: MemoryObjectReceiveStream[ReceivedEnvelope[E]]
         self._requests_in, self._requests_out = anyio.create_memory_object_stream[
@@ -376,10 +396,26 @@ class ServerTransport(Generic[E]):
     async def _read_loop(self, connection: _Connection) -> bool:
         """Read requests until the connection ends; True if the client half-closed cleanly."""
         protocol, stream = self._protocol, connection.stream
+        frame_timeout = budget = self._frame_timeout
         try:
             while True:
-                data = await stream.receive()
+                before = protocol.buffered(connection.id)
+                if before and budget is not None:
+                    # Mid-frame: only the time spent waiting on the client counts, not
+                    # time spent blocked on a slow application below.
+                    waited_from = anyio.current_time()
+                    data: bytes | None = None
+                    with anyio.move_on_after(budget):
+                        data = await stream.receive()
+                    if data is None:
+                        self._slow_frame(connection, before)
+                        return False
+                    budget -= anyio.current_time() - waited_from
+                else:
+                    data = await stream.receive()
                 protocol.handle_received(connection.id, data)
+                if before + len(data) > protocol.buffered(connection.id):
+                    budget = frame_timeout  # a frame completed: the next gets full time
                 while (item := protocol.poll_receive()) is not None:
                     # The protocol's queue is shared by every connection, and the send
                     # below can yield to another connection's reader: route each request
@@ -394,15 +430,42 @@ class ServerTransport(Generic[E]):
                         ReceivedEnvelope(envelope, origin.source, origin, self)
                     )
         except anyio.EndOfStream:
-            return True
+            partial = protocol.buffered(connection.id)
+            if not partial:
+                return True
+            self._bad_input(
+                connection,
+                SerializationError(
+                    f"connection ended mid-frame, {partial} bytes into an unfinished frame"
+                ),
+            )
+            return False
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             return False
         except SerializationError as exc:
-            self.stats.connections_closed_for_bad_input += 1
-            log.warning(
-                "server %s: closing connection from %s: %s", self.address, connection.source, exc
-            )
+            self._bad_input(connection, exc)
             return False
+
+    def _slow_frame(self, connection: _Connection, buffered: int) -> None:
+        self.stats.connections_closed_for_slow_frames += 1
+        log.warning(
+            "server %s: closing connection from %s: a frame is still unfinished after "
+            "frame_timeout=%gs of waiting (%d bytes of it received)",
+            self.address,
+            connection.source,
+            self._frame_timeout,
+            buffered,
+        )
+
+    def _bad_input(self, connection: _Connection, exc: SerializationError) -> None:
+        self.stats.connections_closed_for_bad_input += 1
+        log.warning(
+            "server %s: closing connection from %s: %s: %s",
+            self.address,
+            connection.source,
+            type(exc).__name__,
+            exc,
+        )
 
     async def _write_loop(self, connection: _Connection) -> None:
         outbox, stream = connection.outbox_out, connection.stream
@@ -422,4 +485,6 @@ class ServerTransport(Generic[E]):
                     size += len(frame)
                 await stream.send(first if len(batch) == 1 else b"".join(batch))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            connection.closed = True
+            connection.abandon()
+        finally:
+            connection.writer_done.set()

@@ -1,0 +1,492 @@
+"""A server under abuse on real loopback TCP, on trio and asyncio.
+
+Raw sockets (``anyio.connect_tcp``) send what no ``ClientTransport`` would:
+garbage, truncated frames, absurd length fields, frames dribbled one byte at a
+time, and floods of idle connections.  Each bad connection must be closed by the
+server (the raw socket sees EOF or a reset) with a logged reason or a counted
+limit, memory must stay bounded, and a well-behaved client on its own connection
+must keep getting replies throughout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import socket
+import struct
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+from anyio.abc import SocketAttribute
+
+from moonpool.net import RealNetwork, parse_address
+from moonpool.transport import (
+    CheckedEnvelope,
+    ClientTransport,
+    ConnectionFailed,
+    RequestResponseEnvelope,
+    ServerTransport,
+)
+from moonpool.transport._envelope import U32_MAX
+
+pytestmark = [pytest.mark.anyio, pytest.mark.real_network]
+
+LIMIT = 15.0  # bound for a whole test body
+LOGGER = "moonpool.transport"
+RR = RequestResponseEnvelope.serializer()
+
+
+def frame(correlation_id: int, payload: bytes) -> bytes:
+    return RR.serialize(RequestResponseEnvelope(correlation_id=correlation_id, payload=payload))
+
+
+class GoodClient:
+    """A well-behaved client that must be served before, during and after the abuse."""
+
+    def __init__(self, client: ClientTransport, address: str) -> None:
+        self.client = client
+        self.address = address
+        self.served = 0
+
+    async def check(self) -> None:
+        payload = f"good {self.served}".encode()
+        with anyio.fail_after(2):
+            reply = await self.client.get_reply(self.address, payload, timeout=2.0)
+        assert reply == b"echo:" + payload
+        self.served += 1
+
+    async def keep_checking(self) -> None:
+        """Ask every few milliseconds until cancelled; any failure fails the test."""
+        while True:
+            await self.check()
+            await anyio.sleep(0.005)
+
+
+@asynccontextmanager
+async def abused_server(**options: Any) -> AsyncIterator[tuple[ServerTransport[Any], GoodClient]]:
+    """An echo server, plus a good client already connected that keeps asking.
+
+    On exit the good client must have been served throughout (it fails the test
+    otherwise) and is served once more after the abuse.
+    """
+    async with (
+        ServerTransport.bind(RealNetwork(), "127.0.0.1:0", **options) as server,
+        ClientTransport(RealNetwork()) as client,
+        anyio.create_task_group() as group,
+    ):
+
+        async def serve() -> None:
+            async for request in server:
+                with contextlib.suppress(ConnectionFailed):  # that client already left
+                    server.send_reply(request, b"echo:" + request.payload)
+
+        group.start_soon(serve)
+        good = GoodClient(client, server.address)
+        await good.check()  # its connection exists before any abuse starts
+        group.start_soon(good.keep_checking)
+        yield server, good
+        served = good.served
+        await good.check()
+        group.cancel_scope.cancel()
+    assert served > 1
+
+
+async def raw_connect(address: str) -> anyio.abc.SocketStream:
+    host, port = parse_address(address)
+    return await anyio.connect_tcp(host, port)
+
+
+async def closed_by_server(stream: anyio.abc.ByteStream, within: float = 3.0) -> bool:
+    """True once the server closed the connection (EOF or reset), False if it did not."""
+    with anyio.move_on_after(within):
+        try:
+            while await stream.receive():
+                pass
+        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            return True
+    return False
+
+
+async def read_until_eof(stream: anyio.abc.ByteStream) -> bytes:
+    received = b""
+    with contextlib.suppress(anyio.EndOfStream):
+        while True:
+            received += await stream.receive()
+    return received
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition``: server counters have no event to wait on.  Callers bound it."""
+    while not condition():  # noqa: ASYNC110
+        await anyio.sleep(0.01)
+
+
+def logged(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:
+    """Warnings from the transport's logger containing every one of ``words``."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == LOGGER
+        and record.levelno >= logging.WARNING
+        and all(word in record.getMessage() for word in words)
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _capture_transport_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+
+
+# -- bad bytes -----------------------------------------------------------------------
+
+
+async def test_garbage_closes_that_connection_only(caplog: pytest.LogCaptureFixture) -> None:
+    rng = random.Random(1)
+    with anyio.fail_after(LIMIT):
+        async with abused_server() as (server, good):
+            for i in range(5):
+                raw = await raw_connect(server.address)
+                async with raw:
+                    # 0xFF-led garbage: the length field reads as ~4 GiB.
+                    await raw.send(b"\xff" * 12 + rng.randbytes(4096))
+                    assert await closed_by_server(raw)
+                await good.check()
+                assert server.stats.connections_closed_for_bad_input == i + 1
+    assert len(logged(caplog, "FrameTooLarge")) == 5
+
+
+async def test_garbage_that_frames_but_does_not_decode(caplog: pytest.LogCaptureFixture) -> None:
+    # CheckedEnvelope frames carry a CRC: a plausible length with a wrong checksum
+    # is a SerializationError (not FrameTooLarge), and closes just that connection.
+    with anyio.fail_after(LIMIT):
+        async with ServerTransport.bind(
+            RealNetwork(), "127.0.0.1:0", envelope=CheckedEnvelope
+        ) as s:
+            raw = await raw_connect(s.address)
+            async with raw:
+                await raw.send(struct.pack("<II", 16, 0xDEADBEEF) + b"not msgpack at all")
+                assert await closed_by_server(raw)
+    assert s.stats.connections_closed_for_bad_input == 1
+    messages = logged(caplog, "SerializationError")
+    assert len(messages) == 1
+    assert "FrameTooLarge" not in messages[0]
+
+
+async def test_many_garbage_connections_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    count = 40
+    rng = random.Random(2)
+    with anyio.fail_after(LIMIT):
+        async with abused_server() as (server, good):
+            closed = 0
+
+            async def abuse() -> None:
+                nonlocal closed
+                async with await raw_connect(server.address) as raw:
+                    await raw.send(b"\xfe" * 16 + rng.randbytes(rng.randrange(0, 2048)))
+                    was_closed = await closed_by_server(raw)
+                closed += was_closed  # not "closed += await ...": that reads closed too early
+
+            async with anyio.create_task_group() as group:
+                for _ in range(count):
+                    group.start_soon(abuse)
+                await good.check()
+            assert closed == count
+            assert server.stats.connections_closed_for_bad_input == count
+    assert len(logged(caplog, "FrameTooLarge")) == count
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        pytest.param(b"\x01\x00\x00\x00\x00", id="truncated-header"),
+        pytest.param(frame(1, b"0123456789")[:-3], id="truncated-body"),
+    ],
+)
+async def test_truncated_frame_then_eof(caplog: pytest.LogCaptureFixture, sent: bytes) -> None:
+    with anyio.fail_after(LIMIT):
+        async with abused_server() as (server, good):
+            raw = await raw_connect(server.address)
+            async with raw:
+                await raw.send(sent)
+                await raw.send_eof()
+                assert await closed_by_server(raw)
+            await good.check()
+            assert server.stats.connections_closed_for_bad_input == 1
+            assert server.stats.requests_received == good.served  # only the good ones
+    assert len(logged(caplog, "SerializationError", "mid-frame")) == 1
+
+
+async def test_complete_frames_then_eof_are_answered(caplog: pytest.LogCaptureFixture) -> None:
+    # The counterpart of the test above: a client that half-closes after whole
+    # frames did nothing wrong, and gets its replies before the server closes.
+    with anyio.fail_after(LIMIT):
+        async with abused_server(drain_timeout=5.0) as (server, _good):
+            raw = await raw_connect(server.address)
+            async with raw:
+                await raw.send(frame(5, b"a") + frame(6, b"bb"))
+                await raw.send_eof()
+                started = time.monotonic()
+                received = await read_until_eof(raw)
+                # Closed as soon as the replies are out, not after the drain timeout.
+                assert time.monotonic() - started < 1.0
+            assert received == frame(5, b"echo:a") + frame(6, b"echo:bb")
+            assert server.stats.connections_closed_for_bad_input == 0
+    assert not logged(caplog, "SerializationError")
+
+
+# -- length fields and memory ----------------------------------------------------------
+
+
+async def test_a_4_gib_length_field_is_refused_before_allocation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with anyio.fail_after(LIMIT):
+        async with abused_server() as (server, good):
+            raw = await raw_connect(server.address)
+            async with raw:
+                tracemalloc.start()
+                try:
+                    baseline = tracemalloc.get_traced_memory()[0]
+                    # Only the 12-byte header, no body: the server must give up on the
+                    # header alone instead of waiting for (and buffering) 4 GiB.
+                    await raw.send(struct.pack("<QI", 7, U32_MAX))
+                    assert await closed_by_server(raw)
+                    peak = tracemalloc.get_traced_memory()[1]
+                finally:
+                    tracemalloc.stop()
+            assert peak - baseline < 1024 * 1024
+            await good.check()
+            assert server.stats.connections_closed_for_bad_input == 1
+    assert len(logged(caplog, "FrameTooLarge", str(12 + U32_MAX))) == 1
+
+
+async def test_frame_size_limit_is_exact(caplog: pytest.LogCaptureFixture) -> None:
+    limit = 64 * 1024
+    with anyio.fail_after(LIMIT):
+        async with abused_server(max_frame_size=limit) as (server, good):
+            # A raw frame of exactly the limit is served ...
+            raw = await raw_connect(server.address)
+            async with raw:
+                await raw.send(frame(1, b"x" * (limit - 12 - 5)))
+                reply = b""
+                while len(reply) < limit:
+                    reply += await raw.receive()
+                assert reply == frame(1, b"echo:" + b"x" * (limit - 12 - 5))
+            # ... one byte more is not, and only its header is ever read.
+            raw = await raw_connect(server.address)
+            async with raw:
+                await raw.send(frame(2, b"x" * (limit - 12 + 1))[:12])
+                assert await closed_by_server(raw)
+            await good.check()
+            assert server.stats.connections_closed_for_bad_input == 1
+    assert len(logged(caplog, "FrameTooLarge")) == 1
+
+
+# -- slow clients ------------------------------------------------------------------------
+
+
+async def test_a_frame_sent_one_byte_at_a_time_is_served() -> None:
+    request = frame(42, b"slow but honest")
+    with anyio.fail_after(LIMIT):
+        async with abused_server() as (server, good):
+            raw = await raw_connect(server.address)
+            async with raw:
+                for i, byte in enumerate(request):
+                    await raw.send(bytes([byte]))
+                    await anyio.sleep(0.01)
+                    if i % 8 == 0:
+                        await good.check()  # others are served meanwhile
+                expected = frame(42, b"echo:slow but honest")
+                reply = b""
+                while len(reply) < len(expected):
+                    reply += await raw.receive()
+                assert reply == expected
+            assert server.stats.connections_closed_for_bad_input == 0
+
+
+# -- connection limits -----------------------------------------------------------------
+
+
+async def test_idle_connections_beyond_max_connections_are_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limit, flood = 50, 200
+    with anyio.fail_after(LIMIT):
+        async with abused_server(max_connections=limit) as (server, good):
+            raws = [await raw_connect(server.address) for _ in range(flood)]
+            try:
+                # The good client holds one slot; 49 idle sockets take the rest.
+                rejected = flood - (limit - 1)
+                await wait_until(lambda: server.stats.connections_rejected >= rejected)
+                assert server.connection_count == limit
+                await good.check()  # its connection was open before: still served
+
+                closed: list[bool] = [False] * flood
+
+                async def probe(i: int) -> None:
+                    closed[i] = await closed_by_server(raws[i], within=0.5)
+
+                async with anyio.create_task_group() as group:
+                    for i in range(flood):
+                        group.start_soon(probe, i)
+                assert sum(closed) == rejected
+                assert server.stats.connections_rejected == rejected
+                assert server.stats.connections_accepted == limit
+            finally:
+                for raw in raws:
+                    await anyio.aclose_forcefully(raw)
+            # Once the idle sockets are gone their slots are free again.
+            await wait_until(lambda: server.connection_count <= 1)
+            async with ClientTransport(RealNetwork()) as newcomer:
+                assert await newcomer.get_reply(server.address, b"hi") == b"echo:hi"
+    assert logged(caplog, "connection limit of 50")
+
+
+async def test_abuse_does_not_leak_connections() -> None:
+    # After every kind of abuse has come and gone, the server holds only the good
+    # client's connection: nothing was left half-open.
+    with anyio.fail_after(LIMIT):
+        async with abused_server(drain_timeout=5.0) as (server, good):
+            payloads = [
+                b"\xff" * 64,
+                b"\x00" * 5,
+                struct.pack("<QI", 1, U32_MAX),
+                frame(9, b"ok"),
+            ]
+            for payload in payloads:
+                async with await raw_connect(server.address) as raw:
+                    await raw.send(payload)
+                    await raw.send_eof()
+                    await closed_by_server(raw)
+            # Promptly: well within the 5 s drain timeout a half-closed connection gets.
+            with anyio.move_on_after(1.0):
+                await wait_until(lambda: server.connection_count <= 1)
+            assert server.connection_count == 1
+            await good.check()
+
+
+async def test_client_transport_survives_a_server_speaking_garbage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The mirror image: a "server" answering with garbage makes the client close
+    # that connection (logged) and fail the request, never hang or crash.
+    with anyio.fail_after(LIMIT):
+        async with await RealNetwork().listen("127.0.0.1:0") as listener:
+
+            async def bad_server() -> None:
+                while True:
+                    stream = await listener.accept()
+                    async with stream:
+                        await stream.receive()
+                        await stream.send(b"\xff" * 64)
+                        with (
+                            anyio.move_on_after(2),
+                            contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError),
+                        ):
+                            await stream.receive()  # until the client hangs up
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(bad_server)
+                async with ClientTransport(RealNetwork()) as client:
+                    for _ in range(2):
+                        started = time.monotonic()
+                        with pytest.raises(ConnectionFailed):
+                            await client.get_reply(listener.address, b"hi", timeout=3.0)
+                        assert time.monotonic() - started < 2.0
+                group.cancel_scope.cancel()
+    assert logged(caplog, "maximum frame size")
+
+
+async def test_half_closed_client_that_vanishes_is_not_waited_for() -> None:
+    # A client sends two requests, half-closes, then resets the connection.  Once a
+    # reply fails to go out, nothing more can be delivered: the server must drop
+    # the connection at once, not hold its slot for the whole drain timeout.
+    with anyio.fail_after(LIMIT):
+        async with ServerTransport.bind(RealNetwork(), "127.0.0.1:0", drain_timeout=5.0) as server:
+            raw = await raw_connect(server.address)
+            await raw.send(frame(1, b"one") + frame(2, b"two"))
+            await raw.send_eof()
+            first, second = await server.receive(), await server.receive()
+            sock = raw.extra(SocketAttribute.raw_socket)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await raw.aclose()  # RST, not FIN
+            await anyio.sleep(0.1)
+            started = time.monotonic()
+            for request in (first, second):
+                with contextlib.suppress(ConnectionFailed):
+                    server.send_reply(request, b"too late")
+                await anyio.sleep(0.05)
+            await wait_until(lambda: server.connection_count == 0)
+            assert time.monotonic() - started < 1.0
+
+
+# -- slowloris: frame_timeout ------------------------------------------------------------
+
+
+async def test_a_frame_left_unfinished_is_closed_after_frame_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with anyio.fail_after(LIMIT):
+        async with abused_server(frame_timeout=0.3) as (server, good):
+            raw = await raw_connect(server.address)
+            async with raw:
+                started = time.monotonic()
+                await raw.send(frame(1, b"never finished")[:15])
+                assert await closed_by_server(raw, within=3.0)
+                assert 0.3 <= time.monotonic() - started < 1.5
+            await good.check()
+            assert server.stats.connections_closed_for_slow_frames == 1
+            assert server.stats.connections_closed_for_bad_input == 0
+    assert len(logged(caplog, "frame_timeout")) == 1
+
+
+async def test_dribbling_does_not_extend_frame_timeout() -> None:
+    # One byte every 50 ms keeps the connection busy but never finishes a
+    # 200-byte frame within 0.3 s: the time spent waiting adds up across reads.
+    with anyio.fail_after(LIMIT):
+        async with abused_server(frame_timeout=0.3) as (server, _good):
+            raw = await raw_connect(server.address)
+            async with raw:
+                started = time.monotonic()
+                with contextlib.suppress(anyio.BrokenResourceError, OSError):
+                    for byte in frame(1, b"x" * 188):
+                        await raw.send(bytes([byte]))
+                        await anyio.sleep(0.05)
+                assert await closed_by_server(raw)
+                assert time.monotonic() - started < 1.5
+            assert server.stats.connections_closed_for_slow_frames == 1
+
+
+async def test_frame_timeout_spares_idle_and_busy_connections() -> None:
+    with anyio.fail_after(LIMIT):
+        async with abused_server(frame_timeout=0.2) as (server, _good):
+            raw = await raw_connect(server.address)
+            async with raw:
+                # Idle between frames for longer than frame_timeout: not a slow frame.
+                await anyio.sleep(0.3)
+                # Then a stream of frames for longer than frame_timeout in total, each
+                # split across writes so a partial frame is buffered at almost every
+                # read: every completed frame restarts the clock.
+                data = b"".join(frame(i, f"busy {i}".encode()) for i in range(25))
+                for start in range(0, len(data), 7):
+                    await raw.send(data[start : start + 7])
+                    await anyio.sleep(0.01)
+                expected = b"".join(frame(i, f"echo:busy {i}".encode()) for i in range(25))
+                reply = b""
+                while len(reply) < len(expected):
+                    reply += await raw.receive()
+                assert reply == expected
+            assert server.stats.connections_closed_for_slow_frames == 0
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan")])
+def test_frame_timeout_must_be_positive_and_finite(bad: float) -> None:
+    with pytest.raises(ValueError, match="frame_timeout"):
+        ServerTransport(RealNetwork(), "127.0.0.1:0", frame_timeout=bad)
