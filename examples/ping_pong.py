@@ -51,6 +51,7 @@ from moonpool.transport import (
     ClientTransport,
     ConnectionFailed,
     ReceivedEnvelope,
+    SendQueueFull,
     ServerTransport,
     TransportClosed,
     TransportError,
@@ -59,6 +60,7 @@ from moonpool.transport import (
 
 PINGS_PER_CLIENT = 20
 PING_TIMEOUT = 1.0
+MAX_IN_FLIGHT = 256
 
 
 async def ping_server(ctx: WorkloadContext) -> None:
@@ -83,12 +85,20 @@ async def ping_server(ctx: WorkloadContext) -> None:
                 server.send_reply(request, b"PONG " + rest)
             except ConnectionFailed:
                 reachable("a client vanished before its pong was sent")
+            except SendQueueFull:
+                pass  # a client that does not read its pongs loses them, nobody else
             except TransportClosed:
                 pass  # shutting down
+            finally:
+                in_flight.release()
 
+        # At most this many requests are answered at once; past it, the server stops
+        # reading new requests and TCP pushes back on the clients.
+        in_flight = anyio.Semaphore(MAX_IN_FLIGHT)
         async with anyio.create_task_group() as group:
             group.start_soon(close_on_shutdown)
             async for request in server:
+                await in_flight.acquire()
                 group.start_soon(answer, request)
 
 
