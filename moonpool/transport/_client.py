@@ -25,7 +25,7 @@ from moonpool.sim._state import current_run
 from moonpool.transport._background import BackgroundTasks
 from moonpool.transport._driver import TransportDriver
 from moonpool.transport._envelope import Envelope, RequestResponseEnvelope
-from moonpool.transport._errors import TransportClosed, TransportTimeout
+from moonpool.transport._errors import TransportClosed
 from moonpool.transport._framing import DEFAULT_MAX_FRAME_SIZE
 from moonpool.transport._peer import PeerConfig
 from moonpool.transport._protocol import Completion, RetryPolicy, TransportProtocol
@@ -202,18 +202,18 @@ class ClientTransport:
                 if self._state == "closed"
                 else "ClientTransport is not open: use it as 'async with ClientTransport(...)'"
             )
-        if parse_address(destination).port == 0:
-            # Port 0 means "any free port" to listen(), and is nowhere to connect to.
-            # Caught here, not by the peer's connect, where it used to crash the
-            # transport's background tasks.
-            raise InvalidAddress(f"cannot send to {destination!r}: port 0 is not a real port")
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
-        timeout = self._default_timeout if timeout is None else timeout
-        _check_timeout(timeout)
+        if timeout is None:
+            timeout = self._default_timeout
+        else:
+            _check_timeout(timeout)
         envelope = envelope or self._default_envelope
-        driver = self._driver(envelope)
-        peer = driver.get_or_create_peer(destination)
+        driver = self._drivers.get(envelope) or self._driver(envelope)
+        peer = driver.peers.get(destination)
+        if peer is None:
+            _check_destination(destination)  # once per peer, not per request
+            peer = driver.get_or_create_peer(destination)
         peer.check_room()
         now = anyio.current_time()
         correlation_id = driver.protocol.start_request(
@@ -223,19 +223,25 @@ class ClientTransport:
         waiter = self._waiters[key] = _Waiter()
         try:
             driver.flush()
-            with anyio.move_on_at(now + timeout):
-                await waiter.event.wait()
+            # No timer of our own: the protocol owns this request's deadline, and the
+            # driver's timer task completes it with TransportTimeout at now + timeout.
+            await waiter.event.wait()
             completion = waiter.completion
-            if completion is None:
-                raise TransportTimeout(
-                    f"no reply from {destination} within {timeout}s (request {correlation_id})"
-                )
+            assert completion is not None
             return completion.unwrap()
         finally:
             del self._waiters[key]
             if waiter.completion is None:
                 # Timed out or cancelled: a reply arriving later is dropped and counted.
                 driver.protocol.cancel_request(correlation_id)
+
+
+def _check_destination(destination: str) -> None:
+    if parse_address(destination).port == 0:
+        # Port 0 means "any free port" to listen(), and is nowhere to connect to.
+        # Caught here, not by the peer's connect, where it used to crash the
+        # transport's background tasks.
+        raise InvalidAddress(f"cannot send to {destination!r}: port 0 is not a real port")
 
 
 def _check_timeout(timeout: float) -> None:

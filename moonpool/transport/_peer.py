@@ -24,17 +24,14 @@ from typing import final
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from moonpool.net import NetworkProvider
 from moonpool.transport._errors import SendQueueFull, SerializationError, TransportClosed
+from moonpool.transport._frame_queue import FrameQueue, write_frames
 
 __all__ = ["Peer", "PeerConfig", "PeerStats"]
 
 log = logging.getLogger("moonpool.transport")
-
-#: How many queued frames one ``send`` call to the stream may coalesce.
-_COALESCE_BYTES = 64 * 1024
 
 
 @final
@@ -118,11 +115,7 @@ class Peer:
         self._on_data = on_data
         self._on_lost = on_lost
         self._rng = rng or random.Random()
-        self._queue_in: MemoryObjectSendStream[bytes]
-        self._queue_out: MemoryObjectReceiveStream[bytes]
-        self._queue_in, self._queue_out = anyio.create_memory_object_stream[bytes](
-            self.config.max_queued_frames
-        )
+        self._queue = FrameQueue(self.config.max_queued_frames)
         self._closed = False
         self._connected = False
         self._failures = 0
@@ -133,7 +126,7 @@ class Peer:
 
     @property
     def queued(self) -> int:
-        return self._queue_out.statistics().current_buffer_used
+        return len(self._queue)
 
     @property
     def connected(self) -> bool:
@@ -147,17 +140,12 @@ class Peer:
         """
         if self._closed:
             raise TransportClosed(f"peer {self.address} is closed")
-        try:
-            self._queue_in.send_nowait(frame)
-        except anyio.WouldBlock:
-            raise SendQueueFull(
-                f"send queue to {self.address} is full ({self.config.max_queued_frames} frames "
-                f"waiting): the remote is not keeping up or cannot be reached"
-            ) from None
+        self.check_room()
+        self._queue.put(frame)
 
     def check_room(self) -> None:
         """Raise :class:`SendQueueFull` if a ``send`` now would overflow the queue."""
-        if self.queued >= self.config.max_queued_frames:
+        if self._queue.full:
             raise SendQueueFull(
                 f"send queue to {self.address} is full ({self.config.max_queued_frames} frames "
                 f"waiting): the remote is not keeping up or cannot be reached"
@@ -167,43 +155,28 @@ class Peer:
         """Stop accepting frames; the actor exits at its next wait."""
         if not self._closed:
             self._closed = True
-            self._queue_in.close()
-
-    def _drop_queue(self) -> None:
-        while True:
-            try:
-                self._queue_out.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                return
-            self.stats.frames_dropped += 1
+            self._queue.close()
 
     async def run(self) -> None:
         """The actor: connect when there is work, pump the connection, recover."""
         try:
-            while not self._closed:
-                try:
-                    first = await self._queue_out.receive()
-                except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    return
+            # Connect only when there is something to send.
+            while not self._closed and await self._queue.wait():
                 await anyio.sleep(self.config.reconnect_delay(self._failures, self._rng))
                 try:
                     stream = await self._connect()
-                except _ConnectionLost as lost:
-                    self._lose(str(lost), pending=first)
-                    continue
-                try:
-                    await self._serve(stream, first)
+                    await self._serve(stream)
                 except _ConnectionLost as lost:
                     self._lose(str(lost))
         finally:
             self._connected = False
             self.close()
 
-    def _lose(self, reason: str, pending: bytes | None = None) -> None:
+    def _lose(self, reason: str) -> None:
         self._connected = False
-        if pending is not None:
-            self.stats.frames_dropped += 1
-        self._drop_queue()
+        # Frames queued for the lost connection go with it; the protocol decides
+        # which requests to resend (on_lost), on the next connection.
+        self.stats.frames_dropped += self._queue.clear()
         log.debug("peer %s: %s", self.address, reason)
         self._on_lost(reason)
 
@@ -224,7 +197,7 @@ class Peer:
         self.stats.connects += 1
         return stream
 
-    async def _serve(self, stream: anyio.abc.ByteStream, first: bytes) -> None:
+    async def _serve(self, stream: anyio.abc.ByteStream) -> None:
         """Write the queue and read replies until the connection ends."""
         failure: list[str] = []
         async with stream, anyio.create_task_group() as group:
@@ -248,7 +221,7 @@ class Peer:
 
             group.start_soon(reader)
             try:
-                await self._write_loop(stream, first)
+                await write_frames(stream, self._queue, self._count_sent)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
                 failure.append(f"write to {self.address} failed: {str(exc) or type(exc).__name__}")
             group.cancel_scope.cancel()
@@ -258,24 +231,6 @@ class Peer:
         if not self._closed:
             raise _ConnectionLost(f"connection to {self.address} ended")
 
-    async def _write_loop(self, stream: anyio.abc.ByteStream, first: bytes | None) -> None:
-        while True:
-            if first is None:
-                try:
-                    first = await self._queue_out.receive()
-                except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    return
-            batch = [first]
-            size = len(first)
-            first = None
-            # Coalesce what is already queued into one write: fewer syscalls under load.
-            while size < _COALESCE_BYTES:
-                try:
-                    frame = self._queue_out.receive_nowait()
-                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                    break
-                batch.append(frame)
-                size += len(frame)
-            await stream.send(batch[0] if len(batch) == 1 else b"".join(batch))
-            self.stats.frames_sent += len(batch)
-            self.stats.bytes_sent += size
+    def _count_sent(self, frames: int, size: int) -> None:
+        self.stats.frames_sent += frames
+        self.stats.bytes_sent += size

@@ -39,6 +39,7 @@ from moonpool.transport._errors import (
     SerializationError,
     TransportClosed,
 )
+from moonpool.transport._frame_queue import FrameQueue, write_frames
 from moonpool.transport._framing import DEFAULT_MAX_FRAME_SIZE
 from moonpool.transport._protocol import TransportProtocol
 
@@ -47,8 +48,6 @@ __all__ = ["ReceivedEnvelope", "ServerStats", "ServerTransport"]
 log = logging.getLogger("moonpool.transport")
 
 E = TypeVar("E", bound=Envelope)
-
-_COALESCE_BYTES = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -68,8 +67,7 @@ class _Connection:
         "_answered",
         "closed",
         "id",
-        "outbox_in",
-        "outbox_out",
+        "outbox",
         "outstanding",
         "source",
         "stream",
@@ -86,9 +84,7 @@ class _Connection:
         self.outstanding = 0  # requests handed to the application, not yet answered
         self._answered: anyio.Event | None = None
         self.writer_done = anyio.Event()
-        self.outbox_in: MemoryObjectSendStream[bytes]
-        self.outbox_out: MemoryObjectReceiveStream[bytes]
-        self.outbox_in, self.outbox_out = anyio.create_memory_object_stream[bytes](queue)
+        self.outbox = FrameQueue(queue)
 
     def answered_one(self) -> None:
         self.outstanding -= 1
@@ -279,16 +275,25 @@ class ServerTransport(Generic[E]):
 
     async def __anext__(self) -> ReceivedEnvelope[E]:
         try:
-            return await self._requests_out.receive()
+            return await self._next_request()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise StopAsyncIteration from None
 
     async def receive(self) -> ReceivedEnvelope[E]:
         """The next request; raises :class:`TransportClosed` once the server is closed."""
         try:
-            return await self._requests_out.receive()
+            return await self._next_request()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise TransportClosed(f"server {self.address} is closed") from None
+
+    async def _next_request(self) -> ReceivedEnvelope[E]:
+        # Take a waiting request without a scheduling round trip: when a batch of
+        # pipelined requests arrived together, the application answers all of them
+        # before the connection's writer runs, and the replies leave in one write.
+        try:
+            return self._requests_out.receive_nowait()
+        except anyio.WouldBlock:
+            return await self._requests_out.receive()
 
     def poll_receive(self) -> ReceivedEnvelope[E] | None:
         """The next request if one is already waiting, else ``None``; never blocks."""
@@ -320,18 +325,18 @@ class ServerTransport(Generic[E]):
             )
         protocol = self._protocol
         protocol.send(connection.id, request.envelope.create_reply(bytes(payload)))
+        outbox = connection.outbox
         while (transmit := protocol.poll_transmit()) is not None:
-            try:
-                connection.outbox_in.send_nowait(transmit.data)
-            except anyio.WouldBlock:
+            if outbox.closed:
+                raise ConnectionFailed(
+                    f"cannot reply to {request.source}: its connection closed before the reply"
+                )
+            if outbox.full:
                 raise SendQueueFull(
                     f"reply queue to {request.source} is full ({self._max_queued_replies} "
                     f"replies unread): the client is not reading"
-                ) from None
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                raise ConnectionFailed(
-                    f"cannot reply to {request.source}: its connection closed before the reply"
-                ) from None
+                )
+            outbox.put(transmit.data)
         self.stats.replies_sent += 1
         connection.answered_one()
 
@@ -383,12 +388,12 @@ class ServerTransport(Generic[E]):
                     # the writer drain, then close -- within the drain timeout.
                     with anyio.move_on_after(self._drain_timeout):
                         await connection.wait_all_answered()
-                        connection.outbox_in.close()
+                        connection.outbox.close()
                         await connection.writer_done.wait()
                 group.cancel_scope.cancel()
         finally:
             connection.closed = True
-            connection.outbox_in.close()
+            connection.outbox.close()
             del self._connections[connection.id]
             if not self._protocol.closed:
                 self._protocol.connection_lost(connection.id, now=anyio.current_time())
@@ -426,9 +431,13 @@ class ServerTransport(Generic[E]):
                         continue  # its connection closed meanwhile; nobody to answer
                     self.stats.requests_received += 1
                     origin.outstanding += 1
-                    await self._requests_in.send(
-                        ReceivedEnvelope(envelope, origin.source, origin, self)
-                    )
+                    received = ReceivedEnvelope(envelope, origin.source, origin, self)
+                    try:
+                        # Hand over without yielding when there is room, so one read's
+                        # worth of pipelined requests reaches the application together.
+                        self._requests_in.send_nowait(received)
+                    except anyio.WouldBlock:
+                        await self._requests_in.send(received)  # full: push back on TCP
         except anyio.EndOfStream:
             partial = protocol.buffered(connection.id)
             if not partial:
@@ -468,22 +477,8 @@ class ServerTransport(Generic[E]):
         )
 
     async def _write_loop(self, connection: _Connection) -> None:
-        outbox, stream = connection.outbox_out, connection.stream
         try:
-            while True:
-                try:
-                    first = await outbox.receive()
-                except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    return
-                batch, size = [first], len(first)
-                while size < _COALESCE_BYTES:
-                    try:
-                        frame = outbox.receive_nowait()
-                    except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                        break
-                    batch.append(frame)
-                    size += len(frame)
-                await stream.send(first if len(batch) == 1 else b"".join(batch))
+            await write_frames(connection.stream, connection.outbox)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             connection.abandon()
         finally:
