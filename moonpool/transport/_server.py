@@ -108,7 +108,7 @@ class _Connection:
 class ReceivedEnvelope(Generic[E]):
     """A request as the server application sees it."""
 
-    __slots__ = ("_connection", "_server", "envelope", "payload", "source")
+    __slots__ = ("_answered", "_connection", "_server", "envelope", "payload", "source")
 
     def __init__(
         self, envelope: E, source: str, connection: _Connection, server: ServerTransport[E]
@@ -118,6 +118,8 @@ class ReceivedEnvelope(Generic[E]):
         self.source = source
         self._connection = connection
         self._server = server
+        # Whether a reply was queued: only the first one counts the request answered.
+        self._answered = False
 
     def __repr__(self) -> str:
         return (
@@ -338,7 +340,12 @@ class ServerTransport(Generic[E]):
                 )
             outbox.put(transmit.data)
         self.stats.replies_sent += 1
-        connection.answered_one()
+        # A second reply to the same request must not count as answering another
+        # one: that drove ``outstanding`` to zero early, and a half-closed
+        # connection then closed before its other requests were answered.
+        if not request._answered:
+            request._answered = True
+            connection.answered_one()
 
     # -- connections ----------------------------------------------------------------
 
