@@ -70,6 +70,7 @@ class ClientTransport:
         retry: RetryPolicy | None = None,
         peer_config: PeerConfig | None = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        rng: random.Random | None = None,
     ) -> None:
         _check_timeout(timeout)
         self._network = network
@@ -82,7 +83,9 @@ class ClientTransport:
         self._waiters: dict[tuple[type[Any], int], _Waiter] = {}
         self._tasks: BackgroundTasks | None = None
         self._state = "new"
-        self._rng = transport_random()
+        # Correlation ids, retry and reconnect jitter; pass a seeded Random to make a
+        # component test outside a simulation replayable.
+        self._rng = rng if rng is not None else transport_random()
         # Correlation ids start at a random point so that two client incarnations
         # talking to one server are unlikely to reuse each other's ids.
         self._first_id = self._rng.getrandbits(32) + 1

@@ -384,6 +384,10 @@ class TransportProtocol(Generic[E]):
         connection never carried them.
         """
         self._decoders.pop(source, None)
+        if self._received:
+            # Requests decoded from that connection but not yet taken cannot be
+            # answered any more; drop them rather than keep them forever.
+            self._received = deque(item for item in self._received if item[0] != source)
         ids = self._by_destination.get(source)
         if not ids:
             return

@@ -250,6 +250,11 @@ class ServerTransport(Generic[E]):
         finally:
             with anyio.CancelScope(shield=True):
                 await listener.aclose()
+                # A connection task cancelled before its first step (possible on
+                # asyncio when closing right after an accept) never ran its cleanup.
+                for connection in list(self._connections.values()):
+                    self._connections.pop(connection.id, None)
+                    await connection.stream.aclose()
 
     async def aclose(self) -> None:
         """Stop accepting, close every connection and end iteration.
@@ -289,6 +294,10 @@ class ServerTransport(Generic[E]):
             raise TransportClosed(f"server {self.address} is closed") from None
 
     async def _next_request(self) -> ReceivedEnvelope[E]:
+        if self._state == "new":
+            raise TransportClosed(
+                "ServerTransport is not open: use it as 'async with ServerTransport.bind(...)'"
+            )
         # Take a waiting request without a scheduling round trip: when a batch of
         # pipelined requests arrived together, the application answers all of them
         # before the connection's writer runs, and the replies leave in one write.

@@ -14,6 +14,7 @@ from moonpool.transport import (
     Completion,
     ConnectionFailed,
     EnvelopeKind,
+    FrameTooLarge,
     RemoteError,
     RequestResponseEnvelope,
     RetryPolicy,
@@ -623,3 +624,18 @@ def test_error_hierarchy() -> None:
     assert issubclass(TransportTimeout, TransportError)
     assert issubclass(ConnectionFailed, TransportError)
     assert issubclass(RemoteError, TransportError)
+
+
+def test_connection_lost_drops_requests_not_yet_taken_from_that_source() -> None:
+    """Good requests that preceded a bad frame cannot be answered; they must not linger."""
+    server = TransportProtocol(RequestResponseEnvelope, serves_requests=True)
+    ser = RequestResponseEnvelope.serializer()
+    good = ser.serialize(RequestResponseEnvelope.create_request(1, b"ok"))
+    other = ser.serialize(RequestResponseEnvelope.create_request(2, b"other"))
+    server.handle_received("conn-b", other)
+    with pytest.raises(FrameTooLarge):
+        server.handle_received("conn-a", good + b"\x00" * 8 + b"\xff\xff\xff\xff")
+    server.connection_lost("conn-a", now=0.0)
+    item = server.poll_receive()
+    assert item is not None and item[0] == "conn-b"
+    assert server.poll_receive() is None

@@ -10,9 +10,12 @@ import trio
 
 from moonpool.net import ChaosConfig, SimNetwork
 from moonpool.transport import (
+    ClientTransport,
     RequestResponseEnvelope,
     ServerTransport,
+    TransportClosed,
     TransportError,
+    TransportTimeout,
 )
 from moonpool.transport._framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder
 
@@ -72,3 +75,30 @@ async def test_replying_twice_does_not_skip_another_requests_reply_on_half_close
             replies = decode_all(received)
             assert (2, b"two") in replies, replies
             await server.aclose()
+
+
+@pytest.mark.trio
+async def test_iterating_a_server_that_was_never_entered_raises() -> None:
+    server = ServerTransport.bind(SimNetwork(seed=1), "server:1")
+    with pytest.raises(TransportClosed, match="not open"):
+        await server.receive()
+    with pytest.raises(TransportClosed, match="not open"):
+        async for _ in server:
+            pass
+
+
+@pytest.mark.trio
+async def test_seeded_client_rng_makes_correlation_ids_replayable(autojump_clock: object) -> None:
+    import random
+
+    ids = []
+    for _ in range(2):
+        network = SimNetwork(seed=4, chaos=ChaosConfig.none(), host="client")
+        async with ServerTransport.bind(network.for_host("server"), "server:1") as server:
+            async with ClientTransport(network, rng=random.Random(99)) as client:
+                with pytest.raises(TransportTimeout):
+                    await client.get_reply("server:1", b"x", timeout=0.1)
+            request = server.poll_receive()
+            assert request is not None
+            ids.append(request.envelope.correlation_id)
+    assert ids[0] == ids[1]
