@@ -27,6 +27,7 @@ from moonpool.sim import (
     always,
     reachable,
 )
+from tests.examples import load_example
 from tests.net.stream_conformance import check_byte_stream_pair
 
 SEEDS = 100
@@ -42,24 +43,8 @@ async def receive_exactly(stream: anyio.abc.ByteStream, size: int) -> bytes:
     return bytes(buf)
 
 
-async def echo_server(ctx: WorkloadContext) -> None:
-    async def serve(stream: anyio.abc.ByteStream) -> None:
-        async with stream:
-            try:
-                while True:
-                    await stream.send(await stream.receive())
-            except STREAM_FAILURES:
-                reachable("server sees a connection end or break")
-
-    async with await ctx.network.listen(ctx.address) as listener, trio.open_nursery() as nursery:
-
-        async def accept_forever() -> None:
-            while True:
-                nursery.start_soon(serve, await listener.accept())
-
-        nursery.start_soon(accept_forever)
-        await ctx.shutdown.wait()
-        nursery.cancel_scope.cancel()
+# The server is the example's own: the test exercises the program users read.
+echo_server = load_example("echo").echo_server
 
 
 async def echo_client(ctx: WorkloadContext) -> None:

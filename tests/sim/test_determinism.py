@@ -12,6 +12,7 @@ import trio
 import trio.lowlevel
 
 from moonpool.sim import ChaosConfig, FixedCount, SimulationBuilder, WorkloadContext
+from tests.examples import load_example
 
 ROOT = Path(__file__).resolve().parents[2]
 ECHO = ROOT / "examples" / "echo.py"
@@ -49,14 +50,7 @@ def test_scheduler_order_is_a_function_of_the_seed() -> None:
 
 
 def _echo_builder() -> SimulationBuilder:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("echo_example", ECHO)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    builder: SimulationBuilder = module.simulation()
+    builder: SimulationBuilder = load_example("echo").simulation()
     return builder
 
 
