@@ -163,6 +163,7 @@ class SimulationReport:
             f" in {self.wall_time:.2f}s wall ({rate:.1f} seeds/s)",
             f"  simulated:  {self.total_sim_time:.2f}s sim time, {self.total_events} task steps",
             f"  buggify:    {'on' if self.buggify else 'off'}",
+            f"  chaos:      {_describe_chaos(self.chaos)}",
         ]
         if self.fault_totals:
             lines.append("  faults injected:")
@@ -184,3 +185,17 @@ class SimulationReport:
                 lines.append(f"      replay: {failure.replay}")
         lines.append(f"  result: {'SUCCESS' if self.ok else 'FAILURE'}")
         return "\n".join(lines)
+
+
+def _describe_chaos(chaos: Mapping[str, Any] | None) -> str:
+    """The chaos configuration on one line, non-default settings only, as JSON values."""
+    if chaos is None:
+        return "custom network"
+    from moonpool.net._chaos import ChaosConfig
+
+    defaults = msgspec.to_builtins(ChaosConfig())
+    changed = {key: value for key, value in chaos.items() if defaults.get(key) != value}
+    if not changed:
+        return "none (a perfect network)"
+    encode = msgspec.json.encode
+    return " ".join(f"{key}={encode(value).decode()}" for key, value in changed.items())

@@ -142,6 +142,7 @@ def test_report_text_and_json() -> None:
     text = str(report)
     assert "iterations: 5" in text
     assert "the coin was thrown" in text
+    assert "connect_failure=0.05" in text  # the run's chaos configuration is printed
     document = json.loads(report.to_json())
     assert document["iterations"] == 5
     assert len(document["runs"]) == 5
