@@ -1,0 +1,55 @@
+"""The public names DESIGN.md promises, importable from where it says."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+CONTRACT = {
+    "moonpool.sim": [
+        "SimulationBuilder", "WorkloadContext", "SimulationReport", "SimulationFailed",
+        "FixedCount", "TimeLimit", "UntilAllSometimesReached", "ChaosConfig",
+        "buggify", "buggify_with_prob", "always", "sometimes", "reachable", "unreachable",
+        "random",
+    ],
+    "moonpool.net": ["NetworkProvider", "SimNetwork", "RealNetwork", "ChaosConfig"],
+    "moonpool.transport": [
+        "ClientTransport", "ServerTransport", "ReceivedEnvelope",
+        "TransportProtocol", "Transmit", "TransportDriver", "Peer", "PeerConfig",
+        "Envelope", "EnvelopeSerializer", "RequestResponseEnvelope",
+        "TransportError", "TransportTimeout", "ConnectionFailed", "TransportClosed",
+        "SerializationError",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("module", sorted(CONTRACT))
+def test_contract_names_are_exported(module: str) -> None:
+    namespace = importlib.import_module(module)
+    missing = [name for name in CONTRACT[module] if not hasattr(namespace, name)]
+    assert not missing, f"{module} lacks {missing}"
+    exported = set(getattr(namespace, "__all__", ()))
+    assert not [name for name in CONTRACT[module] if name not in exported]
+
+
+def test_chaos_config_is_one_class_in_both_places() -> None:
+    from moonpool.net import ChaosConfig as from_net
+    from moonpool.sim import ChaosConfig as from_sim
+
+    assert from_net is from_sim
+
+
+def test_transport_errors_form_one_hierarchy() -> None:
+    from moonpool import transport
+
+    for name in ("TransportTimeout", "ConnectionFailed", "TransportClosed", "SerializationError"):
+        assert issubclass(getattr(transport, name), transport.TransportError)
+    assert issubclass(transport.TransportTimeout, TimeoutError)
+    assert issubclass(transport.SerializationError, ValueError)
+
+
+def test_private_modules_stay_private() -> None:
+    import moonpool.sim
+
+    assert all(not name.startswith("_") for name in moonpool.sim.__all__)
