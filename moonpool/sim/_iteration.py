@@ -29,6 +29,7 @@ import anyio
 import trio
 import trio.testing
 
+from moonpool.sim._logs import captured_logs
 from moonpool.sim._report import FailureRecord, RunRecord
 from moonpool.sim._state import (
     _FNV_PRIME,
@@ -273,7 +274,7 @@ def run_iteration(
     token = set_current_run(run)
     started = time.perf_counter()
     try:
-        with seeded_scheduler(seed):
+        with seeded_scheduler(seed), captured_logs() as log_lines:
             trio.run(
                 _root,
                 supervisor,
@@ -303,11 +304,15 @@ def run_iteration(
     failure = None
     if supervisor.failure is not None:
         kind, message, tb = supervisor.failure
+        if log_lines:
+            tb = f"{tb.rstrip()}\n\nLast log lines of this seed (sim time):\n" + "\n".join(
+                log_lines
+            )
         failure = FailureRecord(
             seed=seed,
             kind=kind,
             error=message.splitlines()[0] if message else kind,
-            traceback=message if tb == message else f"{message}\n{tb}",
+            traceback=tb if tb.startswith(message) else f"{message}\n{tb}",
             sim_time=supervisor.failure_time or sim_time,
             replay=replay_hint(seed),
         )

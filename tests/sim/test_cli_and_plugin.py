@@ -119,3 +119,35 @@ def test_simulation() -> None:
     many.stdout.fnmatch_lines(["*SEEDS [[]*,*,*,*[]]*"])
     bad = pytester.runpytest_subprocess("--moonpool-seed", "x")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
+
+
+LOGGING_MODULE = """
+import logging
+import trio
+from moonpool.sim import FixedCount, SimulationBuilder, WorkloadContext
+
+log = logging.getLogger("moonpool.transport")
+
+async def noisy(ctx: WorkloadContext) -> None:
+    for n in range(300):
+        await trio.sleep(0.5)
+        log.warning("closing connection %d: corrupted frame", n)
+    if ctx.seed % 2:
+        raise RuntimeError("odd seed")
+
+def simulation() -> SimulationBuilder:
+    return SimulationBuilder().register_workload("w", noisy).set_iteration_control(FixedCount(4))
+"""
+
+
+def test_logs_are_kept_with_the_seed_not_printed(tmp_path: Path) -> None:
+    module = tmp_path / "noisy_sim.py"
+    module.write_text(LOGGING_MODULE)
+    result = _cli("run", str(module), "--json", "--quiet")
+    assert "corrupted frame" not in result.stderr  # no flood on the terminal
+    document = json.loads(result.stdout)
+    failure = document["failures"][0]
+    assert "Last log lines of this seed (sim time):" in failure["traceback"]
+    # The most recent lines are kept, stamped with simulated time.
+    assert "150.0000s WARNING moonpool.transport: closing connection 299" in failure["traceback"]
+    assert "closing connection 0:" not in failure["traceback"]  # only the last 200 kept
