@@ -114,21 +114,8 @@ class CheckedEnvelopeSerializer:
         self._decoder = msgspec.msgpack.Decoder(CheckedEnvelope)
 
     def frame_size(self, header: bytes | memoryview, /) -> int:
-        try:
-            body_len, _, header_sum = _HEADER.unpack_from(header)
-        except (struct.error, TypeError) as exc:
-            raise SerializationError(
-                f"CheckedEnvelope header needs {_HEADER.size} bytes, got {describe_length(header)}"
-            ) from exc
-        with memoryview(header) as view, view[: _LENGTH_AND_SUM.size] as checked:
-            actual = zlib.crc32(checked)
-        if actual != header_sum:
-            raise SerializationError(
-                f"CheckedEnvelope header checksum mismatch: header says {header_sum:#010x}, "
-                f"its length and body-checksum fields hash to {actual:#010x} (corrupted header; "
-                f"declared body length {body_len} is not trusted)"
-            )
-        return int(_HEADER.size + body_len)
+        body_len, _ = _read_header(header)
+        return _HEADER.size + body_len
 
     def serialize(self, envelope: CheckedEnvelope, /) -> bytes:
         if not isinstance(envelope, CheckedEnvelope):
@@ -157,19 +144,11 @@ class CheckedEnvelopeSerializer:
         return length_and_sum + zlib.crc32(length_and_sum).to_bytes(4, "little") + body
 
     def deserialize(self, frame: bytes | memoryview, /) -> CheckedEnvelope:
-        self.frame_size(frame)  # validates the header and its checksum
-        try:
-            body_len, checksum, _ = _HEADER.unpack_from(frame)
-            total = len(frame)
-        except (struct.error, TypeError) as exc:
-            raise SerializationError(
-                f"CheckedEnvelope frame is {describe_length(frame)}, shorter than its "
-                f"{_HEADER.size}-byte header"
-            ) from exc
-        if total - _HEADER.size != body_len:
+        body_len, checksum = _read_header(frame)
+        if len(frame) - _HEADER.size != body_len:
             raise SerializationError(
                 f"CheckedEnvelope header declares a {body_len}-byte body but the frame "
-                f"carries {total - _HEADER.size} bytes after the header"
+                f"carries {len(frame) - _HEADER.size} bytes after the header"
             )
         with memoryview(frame) as view, view[_HEADER.size :] as body:
             actual = zlib.crc32(body)
@@ -185,6 +164,25 @@ class CheckedEnvelopeSerializer:
                     f"CheckedEnvelope body ({body_len} bytes, checksum ok) is not a valid "
                     f"envelope: {exc}"
                 ) from exc
+
+
+def _read_header(header: bytes | memoryview) -> tuple[int, int]:
+    """``(body length, body checksum)`` of a header whose own checksum is verified."""
+    try:
+        body_len, body_sum, header_sum = _HEADER.unpack_from(header)
+    except (struct.error, TypeError) as exc:
+        raise SerializationError(
+            f"CheckedEnvelope header needs {_HEADER.size} bytes, got {describe_length(header)}"
+        ) from exc
+    with memoryview(header) as view, view[: _LENGTH_AND_SUM.size] as checked:
+        actual = zlib.crc32(checked)
+    if actual != header_sum:
+        raise SerializationError(
+            f"CheckedEnvelope header checksum mismatch: header says {header_sum:#010x}, "
+            f"its length and body-checksum fields hash to {actual:#010x} (corrupted header; "
+            f"declared body length {body_len} is not trusted)"
+        )
+    return int(body_len), int(body_sum)
 
 
 _SERIALIZER: Final = CheckedEnvelopeSerializer()
