@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Self, final
 
+import msgspec
+
 from moonpool.net._chaos import ChaosConfig
 from moonpool.sim._iteration import (
     IterationConfig,
@@ -276,8 +278,6 @@ class SimulationBuilder:
 
 
 def _chaos_summary(chaos: ChaosConfig) -> dict[str, object]:
-    import msgspec
-
     summary: dict[str, object] = msgspec.to_builtins(chaos)
     return summary
 

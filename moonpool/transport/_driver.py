@@ -15,14 +15,13 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable
-from typing import Generic, TypeVar, final
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, Protocol, TypeVar, final
 
 import anyio
 import anyio.abc
 
 from moonpool.net import NetworkProvider
-from moonpool.transport._background import BackgroundTasks
 from moonpool.transport._envelope import Envelope
 from moonpool.transport._errors import SendQueueFull, TransportClosed
 from moonpool.transport._peer import Peer, PeerConfig
@@ -33,6 +32,14 @@ __all__ = ["TransportDriver"]
 log = logging.getLogger("moonpool.transport")
 
 E = TypeVar("E", bound=Envelope)
+
+
+class TaskSpawner(Protocol):
+    """Where the driver starts its tasks: an anyio task group, or a transport's own."""
+
+    def start_soon(
+        self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: object = None
+    ) -> None: ...
 
 
 @final
@@ -47,7 +54,7 @@ class TransportDriver(Generic[E]):
         self,
         network: NetworkProvider,
         protocol: TransportProtocol[E],
-        task_group: BackgroundTasks,
+        task_group: TaskSpawner,
         *,
         on_completion: Callable[[Completion], None],
         peer_config: PeerConfig | None = None,
