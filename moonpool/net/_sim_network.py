@@ -193,6 +193,30 @@ class SimStream(anyio.abc.ByteStream):
             self._sending = False
         await trio.lowlevel.cancel_shielded_checkpoint()
 
+    def send_nowait(self, data: bytes) -> int:
+        """Write what the connection takes right now; never waits, yields or raises.
+
+        Returns the bytes written: all of ``data``, a prefix (a simulated short
+        write, or the receive buffer filling up) or 0 (buffer full, connection
+        closed or reset -- ``send`` then reports why).  The contract is
+        :func:`moonpool.net._nowait.nonblocking_sender`'s.
+        """
+        if self._sending or self._closed or self._eof_sent or self._out.broken:
+            return 0
+        world, direction = self._world, self._out
+        if world.faults.resets(self._local.host, self._remote.host):
+            self._connection.reset()
+            return 0
+        room = world.buffer_size - direction.in_flight
+        if room <= 0:
+            return 0
+        points = world.faults.split_points(len(data))
+        if not points and len(data) > 1 and buggify():
+            points = [len(data) // 2]
+        size = min(points[0] if points else len(data), room)
+        self._enqueue(bytes(data[:size]))
+        return size
+
     def _check_sendable(self) -> None:
         if self._closed or self._eof_sent:
             raise anyio.ClosedResourceError

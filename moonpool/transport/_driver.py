@@ -107,9 +107,13 @@ class TransportDriver(Generic[E]):
         """Move every frame the protocol wants sent into its peer's queue."""
         protocol = self.protocol
         while (transmit := protocol.poll_transmit()) is not None:
-            peer = self.get_or_create_peer(transmit.destination)
+            destination = transmit.destination
+            peer = self.get_or_create_peer(destination)
             try:
-                peer.send(transmit.data)
+                # A lone request goes out from the caller's task; with others in
+                # flight, replies come back in batches and the next requests are
+                # better joined into one write by the peer's actor.
+                peer.send(transmit.data, write_now=protocol.pending_count_to(destination) <= 1)
             except SendQueueFull as exc:
                 # The frame's request (if any) will end by its timeout; say why now.
                 self.dropped_transmits += 1

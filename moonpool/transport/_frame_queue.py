@@ -1,4 +1,4 @@
-"""A bounded queue of outgoing frames and the one loop that writes it.
+"""A bounded queue of outgoing frames, the loop that writes it, and its fast path.
 
 Both sides of the transport have the same shape of writer: callers append frames
 synchronously (``Peer.send``, ``ServerTransport.send_reply``) and one task writes
@@ -8,6 +8,16 @@ unless the writer is actually parked, and the writer takes everything queued in
 one go, so frames that pile up while a write is in progress leave in a single
 ``send`` (pipelined requests and replies cost one system call per batch, not one
 per frame).
+
+The fast path, ``FrameQueue.put(frame, write_now=True)``, skips the writer task altogether:
+while a connection is live its owner sets :attr:`FrameQueue.sender` (see
+:func:`moonpool.net._nowait.nonblocking_sender`), and a caller that knows no
+more frames are coming soon writes the queue itself, from its own task, with a
+non-blocking send.  What the kernel does not take at once stays queued -- as a
+fragment that must leave before anything else -- for the writer task.  That takes
+two trips through the scheduler off every request/reply exchange on an idle
+connection (the writer waking up, and its ``send`` yielding), which is most of
+what a lone round trip costs beyond the system calls themselves.
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ from typing import final
 import anyio
 import anyio.abc
 
+from moonpool.net._nowait import NonBlockingSender
+
 __all__ = ["COALESCE_BYTES", "FrameQueue", "write_frames"]
 
 #: Frames joined into one write at most (a larger single frame is written alone).
@@ -27,20 +39,43 @@ COALESCE_BYTES = 256 * 1024
 
 @final
 class FrameQueue:
-    """FIFO of frames with a capacity in frames, one consumer, never-blocking producers."""
+    """FIFO of frames with a capacity in frames, one consumer, never-blocking producers.
 
-    __slots__ = ("_closed", "_frames", "_waiter", "limit")
+    ``on_sent(frames, size)`` is called for everything handed to the connection,
+    whichever path wrote it.
+    """
 
-    def __init__(self, limit: int) -> None:
+    __slots__ = (
+        "_closed",
+        "_fragment",
+        "_frames",
+        "_waiter",
+        "limit",
+        "on_sent",
+        "sender",
+        "writing",
+    )
+
+    def __init__(self, limit: int, on_sent: Callable[[int, int], None] | None = None) -> None:
         if limit < 1:
             raise ValueError(f"a frame queue needs room for at least 1 frame, got {limit}")
         self.limit = limit
+        self.on_sent = on_sent
+        #: Writes to the live connection without waiting; ``None`` while there is
+        #: no connection (or it cannot).  Set and cleared by the connection owner.
+        self.sender: NonBlockingSender | None = None
+        #: True while the writer task is inside ``await stream.send()``: the fast
+        #: path must not write then, or the two writes could interleave.
+        self.writing = False
         self._frames: deque[bytes] = deque()
+        # The unwritten tail of a batch the fast path could only partly write: it
+        # is already half on the wire, so it goes before any frame.
+        self._fragment: bytes | None = None
         self._waiter: anyio.Event | None = None
         self._closed = False
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self._frames) + (self._fragment is not None)
 
     @property
     def closed(self) -> bool:
@@ -50,31 +85,46 @@ class FrameQueue:
     def full(self) -> bool:
         return len(self._frames) >= self.limit
 
-    def put(self, frame: bytes) -> None:
-        """Append ``frame``; the caller has checked :attr:`closed` and :attr:`full`."""
+    def put(self, frame: bytes, *, write_now: bool = False) -> None:
+        """Append ``frame``; the caller has checked :attr:`closed` and :attr:`full`.
+
+        With ``write_now``, everything queued is written at once from the calling
+        task if the connection takes it without waiting (see the module doc);
+        only what is left wakes the writer task.
+        """
         self._frames.append(frame)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            waiter.set()
+        if write_now and self.sender is not None and not self.writing and self._fragment is None:
+            self._write_now(self.sender)
+        else:
+            self._wake()
+
+    def _write_now(self, send: NonBlockingSender) -> None:
+        frames = self._frames
+        while frames:
+            data, count = self.take()
+            sent = send(data)
+            if self.on_sent is not None and sent:
+                self.on_sent(count, sent)
+            if sent < len(data):
+                self._fragment = data[sent:]
+                self._wake()
+                return
 
     def clear(self) -> int:
-        """Drop every queued frame; returns how many were dropped."""
-        dropped = len(self._frames)
+        """Drop every queued frame (and any unfinished fragment); returns how many."""
+        dropped = len(self)
         self._frames.clear()
+        self._fragment = None
         return dropped
 
     def close(self) -> None:
         """No more frames will come; the writer finishes what is queued, then stops."""
         self._closed = True
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            waiter.set()
+        self._wake()
 
     async def wait(self) -> bool:
         """Wait until a frame is queued (True) or the queue is closed and empty (False)."""
-        while not self._frames:
+        while not self._frames and self._fragment is None:
             if self._closed:
                 return False
             waiter = self._waiter = anyio.Event()
@@ -82,7 +132,12 @@ class FrameQueue:
         return True
 
     def take(self) -> tuple[bytes, int]:
-        """Everything queued (up to :data:`COALESCE_BYTES`) as one buffer, and its frame count."""
+        """The next write: everything queued (up to :data:`COALESCE_BYTES`) as one
+        buffer, and its frame count (0 for the rest of a partly written batch)."""
+        fragment = self._fragment
+        if fragment is not None:
+            self._fragment = None
+            return fragment, 0
         frames = self._frames
         first = frames.popleft()
         if not frames or len(first) >= COALESCE_BYTES:
@@ -95,19 +150,25 @@ class FrameQueue:
             size += len(frame)
         return b"".join(batch), len(batch)
 
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set()
 
-async def write_frames(
-    stream: anyio.abc.ByteStream,
-    queue: FrameQueue,
-    on_sent: Callable[[int, int], None] | None = None,
-) -> None:
+
+async def write_frames(stream: anyio.abc.ByteStream, queue: FrameQueue) -> None:
     """Write ``queue`` to ``stream`` until the queue is closed and drained.
 
-    ``on_sent(frames, size)`` is called after each write.  Stream errors propagate
-    to the caller, which owns the connection and decides what a failure means.
+    Stream errors propagate to the caller, which owns the connection and decides
+    what a failure means.
     """
     while await queue.wait():
         data, count = queue.take()
-        await stream.send(data)
-        if on_sent is not None:
-            on_sent(count, len(data))
+        queue.writing = True
+        try:
+            await stream.send(data)
+        finally:
+            queue.writing = False
+        if queue.on_sent is not None:
+            queue.on_sent(count, len(data))

@@ -26,6 +26,7 @@ import anyio
 import anyio.abc
 
 from moonpool.net import NetworkProvider
+from moonpool.net._nowait import nonblocking_sender
 from moonpool.transport._errors import SendQueueFull, SerializationError, TransportClosed
 from moonpool.transport._frame_queue import FrameQueue, write_frames
 
@@ -115,7 +116,7 @@ class Peer:
         self._on_data = on_data
         self._on_lost = on_lost
         self._rng = rng or random.Random()
-        self._queue = FrameQueue(self.config.max_queued_frames)
+        self._queue = FrameQueue(self.config.max_queued_frames, on_sent=self._count_sent)
         self._closed = False
         self._connected = False
         self._failures = 0
@@ -132,8 +133,13 @@ class Peer:
     def connected(self) -> bool:
         return self._connected
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, *, write_now: bool = False) -> None:
         """Queue ``frame`` for the remote; never blocks.
+
+        ``write_now`` writes it from the calling task when the connection is idle
+        and takes it at once, instead of waking the actor: right for a lone
+        request, wrong for one of many (they would each cost a system call
+        instead of sharing one).
 
         Raises :class:`SendQueueFull` when ``max_queued_frames`` are already
         waiting, and :class:`TransportClosed` after :meth:`close`.
@@ -141,7 +147,7 @@ class Peer:
         if self._closed:
             raise TransportClosed(f"peer {self.address} is closed")
         self.check_room()
-        self._queue.put(frame)
+        self._queue.put(frame, write_now=write_now)
 
     def check_room(self) -> None:
         """Raise :class:`SendQueueFull` if a ``send`` now would overflow the queue."""
@@ -220,10 +226,13 @@ class Peer:
                 group.cancel_scope.cancel()
 
             group.start_soon(reader)
+            self._queue.sender = nonblocking_sender(stream)
             try:
-                await write_frames(stream, self._queue, self._count_sent)
+                await write_frames(stream, self._queue)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
                 failure.append(f"write to {self.address} failed: {str(exc) or type(exc).__name__}")
+            finally:
+                self._queue.sender = None
             group.cancel_scope.cancel()
         self.stats.connections_lost += 1
         if failure:

@@ -229,6 +229,11 @@ class TransportProtocol(Generic[E]):
     def is_pending(self, correlation_id: int) -> bool:
         return correlation_id in self._pending
 
+    def pending_count_to(self, destination: str) -> int:
+        """How many requests are pending towards ``destination``."""
+        ids = self._by_destination.get(destination)
+        return 0 if ids is None else len(ids)
+
     def pending_to(self, destination: str) -> list[int]:
         """Correlation ids of the requests pending towards ``destination``, oldest first."""
         return list(self._by_destination.get(destination, ()))

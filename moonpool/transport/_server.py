@@ -30,6 +30,7 @@ from anyio.abc import SocketAttribute
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from moonpool.net import InvalidAddress, Listener, NetworkProvider
+from moonpool.net._nowait import nonblocking_sender
 from moonpool.transport._background import BackgroundTasks
 from moonpool.transport._envelope import Envelope, RequestResponseEnvelope
 from moonpool.transport._errors import (
@@ -337,6 +338,10 @@ class ServerTransport(Generic[E]):
         protocol = self._protocol
         protocol.send(connection.id, request.envelope.create_reply(bytes(payload)))
         outbox = connection.outbox
+        # The last reply a connection owes goes out from this task at once (with
+        # any queued before it); while more are owed, replies wait in the outbox
+        # so that a pipelined batch leaves in one write.
+        write_now = connection.outstanding <= 1
         while (transmit := protocol.poll_transmit()) is not None:
             if outbox.closed:
                 raise ConnectionFailed(
@@ -347,7 +352,7 @@ class ServerTransport(Generic[E]):
                     f"reply queue to {request.source} is full ({self._max_queued_replies} "
                     f"replies unread): the client is not reading"
                 )
-            outbox.put(transmit.data)
+            outbox.put(transmit.data, write_now=write_now)
         self.stats.replies_sent += 1
         # A second reply to the same request must not count as answering another
         # one: that drove ``outstanding`` to zero early, and a half-closed
@@ -493,9 +498,12 @@ class ServerTransport(Generic[E]):
         )
 
     async def _write_loop(self, connection: _Connection) -> None:
+        outbox = connection.outbox
+        outbox.sender = nonblocking_sender(connection.stream)
         try:
-            await write_frames(connection.stream, connection.outbox)
+            await write_frames(connection.stream, outbox)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             connection.abandon()
         finally:
+            outbox.sender = None
             connection.writer_done.set()
