@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import anyio
 import anyio.abc
@@ -43,7 +43,13 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from benchmarks._core import Figure, Outcome, Settings, compare_many_async, median, rate
 from moonpool.net import RealNetwork
-from moonpool.transport import ClientTransport, PeerConfig, ServerTransport, TransportError
+from moonpool.transport import (
+    ClientTransport,
+    PeerConfig,
+    ReceivedEnvelope,
+    ServerTransport,
+    TransportError,
+)
 
 NAME: Final = "real_tcp"
 DESCRIPTION: Final = (
@@ -456,8 +462,11 @@ async def _moonpool_echo_server(
 ) -> None:
     async with ServerTransport.bind(network, f"{HOST}:0") as server:
         task_status.started(server.address)
-        async for request in server:
-            server.send_reply(request, request.payload)
+        await server.serve(_echo)
+
+
+async def _echo(request: ReceivedEnvelope[Any]) -> bytes:
+    return request.payload
 
 
 class MoonpoolClient:

@@ -201,7 +201,7 @@ class SimStream(anyio.abc.ByteStream):
         closed or reset -- ``send`` then reports why).  The contract is
         :func:`moonpool.net._nowait.nonblocking_sender`'s.
         """
-        if self._sending or self._closed or self._eof_sent or self._out.broken:
+        if not data or self._sending or self._closed or self._eof_sent or self._out.broken:
             return 0
         world, direction = self._world, self._out
         if world.faults.resets(self._local.host, self._remote.host):

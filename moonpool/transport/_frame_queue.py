@@ -70,7 +70,7 @@ class FrameQueue:
         self._frames: deque[bytes] = deque()
         # The unwritten tail of a batch the fast path could only partly write: it
         # is already half on the wire, so it goes before any frame.
-        self._fragment: bytes | None = None
+        self._fragment: tuple[bytes, int] | None = None
         self._waiter: anyio.Event | None = None
         self._closed = False
 
@@ -103,10 +103,11 @@ class FrameQueue:
         while frames:
             data, count = self.take()
             sent = send(data)
-            if self.on_sent is not None and sent:
+            if sent and self.on_sent is not None:
                 self.on_sent(count, sent)
             if sent < len(data):
-                self._fragment = data[sent:]
+                # Frames are counted once, with their first byte on the wire.
+                self._fragment = (data[sent:], 0 if sent else count)
                 self._wake()
                 return
 
@@ -133,11 +134,12 @@ class FrameQueue:
 
     def take(self) -> tuple[bytes, int]:
         """The next write: everything queued (up to :data:`COALESCE_BYTES`) as one
-        buffer, and its frame count (0 for the rest of a partly written batch)."""
+        buffer, and how many frames start in it (0 for the rest of a batch the
+        fast path could only partly write)."""
         fragment = self._fragment
         if fragment is not None:
             self._fragment = None
-            return fragment, 0
+            return fragment
         frames = self._frames
         first = frames.popleft()
         if not frames or len(first) >= COALESCE_BYTES:

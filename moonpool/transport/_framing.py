@@ -22,6 +22,9 @@ A length field is attacker- (or bit-flip-) controlled; without a cap a corrupted
 header could make us wait for, and buffer, gigabytes that will never come.
 """
 
+#: Frames at least this large are assembled from their chunks in one join.
+LARGE_FRAME_SIZE: Final = 64 * 1024
+
 E = TypeVar("E")
 
 
@@ -47,6 +50,8 @@ class FrameDecoder(Generic[E]):
         "_buffer",
         "_error",
         "_header_size",
+        "_large",
+        "_large_have",
         "_max_frame_size",
         "_next_size",
         "_offset",
@@ -74,6 +79,11 @@ class FrameDecoder(Generic[E]):
         # Total size of the frame at _offset once its header has been read, so a
         # large frame arriving in many small chunks is not re-parsed every time.
         self._next_size: int | None = None
+        # Chunks of a large frame still arriving, and their total size: collected
+        # as they come and joined once, instead of growing (and later shrinking)
+        # the buffer by a reallocation per chunk.
+        self._large: list[bytes] | None = None
+        self._large_have = 0
         self._error: str | None = None
 
     @property
@@ -83,7 +93,7 @@ class FrameDecoder(Generic[E]):
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as part of a frame."""
-        return len(self._buffer) - self._offset
+        return len(self._buffer) - self._offset + self._large_have
 
     @property
     def poisoned(self) -> bool:
@@ -105,6 +115,10 @@ class FrameDecoder(Generic[E]):
     def push(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes without decoding anything yet."""
         self._check_usable()
+        if self._large is not None:
+            self._large.append(bytes(data))
+            self._large_have += len(data)
+            return
         if self._offset:
             del self._buffer[: self._offset]
             self._offset = 0
@@ -118,6 +132,8 @@ class FrameDecoder(Generic[E]):
         :class:`SerializationError` for any other malformed frame.
         """
         self._check_usable()
+        if self._large is not None:
+            return self._next_large_frame()
         available = len(self._buffer) - self._offset
         size = self._next_size
         if size is None:
@@ -126,11 +142,38 @@ class FrameDecoder(Generic[E]):
             size = self._read_frame_size()
             self._next_size = size
         if available < size:
+            if size >= LARGE_FRAME_SIZE:
+                # Collect the rest in chunks; the buffer keeps nothing of this frame.
+                self._large = [bytes(self._buffer[self._offset :])]
+                self._large_have = available
+                self._buffer = bytearray()
+                self._offset = 0
             return None
         start = self._offset
+        with memoryview(self._buffer) as view, view[start : start + size] as frame:
+            envelope = self._decode(frame, size)
+        self._offset = start + size
+        self._next_size = None
+        return envelope
+
+    def _next_large_frame(self) -> E | None:
+        size = self._next_size
+        assert self._large is not None and size is not None
+        if self._large_have < size:
+            return None
+        joined = b"".join(self._large)
+        self._large = None
+        self._large_have = 0
+        self._next_size = None
+        # Whatever followed the frame in its last chunk starts the buffer again.
+        self._buffer = bytearray(joined[size:]) if len(joined) > size else bytearray()
+        self._offset = 0
+        with memoryview(joined) as view, view[:size] as frame:
+            return self._decode(frame, size)
+
+    def _decode(self, frame: memoryview, size: int) -> E:
         try:
-            with memoryview(self._buffer) as view, view[start : start + size] as frame:
-                envelope = self._serializer.deserialize(frame)
+            return self._serializer.deserialize(frame)
         except SerializationError as exc:
             self._poison(exc)
             raise
@@ -141,9 +184,6 @@ class FrameDecoder(Generic[E]):
             )
             self._poison(error)
             raise error from exc
-        self._offset = start + size
-        self._next_size = None
-        return envelope
 
     def _read_frame_size(self) -> int:
         start = self._offset
@@ -185,6 +225,8 @@ class FrameDecoder(Generic[E]):
         self._buffer = bytearray()
         self._offset = 0
         self._next_size = None
+        self._large = None
+        self._large_have = 0
 
     def _check_usable(self) -> None:
         if self._error is not None:

@@ -225,6 +225,35 @@ async def test_many_concurrent_requests_with_interleaved_replies() -> None:
                     group.start_soon(call, payload)
 
 
+async def test_serve_handler_sequential_concurrent_and_large() -> None:
+    """serve(): replies written from the reader task, whole or in part, in any mix."""
+
+    async def reverse(request: ReceivedEnvelope[Any]) -> bytes:
+        return request.payload[::-1]
+
+    rng = random.Random(11)
+    with anyio.fail_after(LIMIT):
+        async with (
+            ServerTransport.bind(RealNetwork(), "127.0.0.1:0") as server,
+            anyio.create_task_group() as serving_group,
+        ):
+            serving_group.start_soon(server.serve, reverse)
+            async with ClientTransport(RealNetwork()) as client:
+                for size in (0, 1, 4096, 700_000, 16):  # one at a time: the direct path
+                    payload = rng.randbytes(size)
+                    assert await client.get_reply(server.address, payload) == payload[::-1]
+                payloads = [rng.randbytes(rng.choice((7, 3000, 300_000))) for _ in range(60)]
+
+                async def call(payload: bytes) -> None:
+                    assert await client.get_reply(server.address, payload) == payload[::-1]
+
+                async with anyio.create_task_group() as group:
+                    for payload in payloads:
+                        group.start_soon(call, payload)
+            serving_group.cancel_scope.cancel()
+    assert server.stats.replies_sent == 65
+
+
 async def test_large_payloads_cross_many_reads_and_writes() -> None:
     # Frames far larger than a socket buffer: split across many reads and writes,
     # interleaved with small ones on the same connection.

@@ -21,6 +21,7 @@ from moonpool.transport import (
     SerializationError,
     TransportError,
 )
+from moonpool.transport._framing import LARGE_FRAME_SIZE
 
 RR = RequestResponseEnvelope.serializer()
 CK = CheckedEnvelope.serializer()
@@ -55,6 +56,44 @@ def test_arbitrary_chunking_yields_exactly_the_frames_in_order(
         out.extend(decoder.feed(chunk))
     assert out == frames
     assert decoder.buffered == 0
+
+
+# Around the size where the decoder switches to collecting chunks, and well above.
+_SIZES = [0, 5, LARGE_FRAME_SIZE - 13, LARGE_FRAME_SIZE - 12, LARGE_FRAME_SIZE, 200_000]
+
+
+@given(
+    sizes=st.lists(st.sampled_from(_SIZES), min_size=1, max_size=6),
+    cuts=st.lists(st.integers(0, 10**7), max_size=30),
+)
+def test_large_frames_mixed_with_small_ones_under_any_chunking(
+    sizes: list[int], cuts: list[int]
+) -> None:
+    frames = [
+        RequestResponseEnvelope(correlation_id=i, payload=bytes([i % 251]) * size)
+        for i, size in enumerate(sizes)
+    ]
+    stream = b"".join(RR.serialize(f) for f in frames)
+    decoder = FrameDecoder(RR)
+    out: list[RequestResponseEnvelope] = []
+    received = 0
+    for chunk in split(stream, cuts):
+        out.extend(decoder.feed(chunk))
+        received += len(chunk)
+        consumed = sum(len(RR.serialize(f)) for f in out)
+        assert decoder.buffered == received - consumed  # nothing lost or counted twice
+    assert out == frames
+    assert decoder.buffered == 0
+
+
+def test_large_frame_body_is_checked_like_any_other() -> None:
+    frame = bytearray(CK.serialize(CheckedEnvelope.create_request(7, bytes(LARGE_FRAME_SIZE))))
+    frame[-1] ^= 0x01  # a flipped bit in the body, far past the first chunk
+    decoder = FrameDecoder(CK)
+    assert decoder.feed(bytes(frame[:1000])) == []
+    with pytest.raises(SerializationError, match="checksum"):
+        decoder.feed(bytes(frame[1000:]))
+    assert decoder.poisoned and decoder.buffered == 0
 
 
 @given(
