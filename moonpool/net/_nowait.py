@@ -25,19 +25,14 @@ Which streams qualify:
 * anyio's TCP streams on trio: the socket is non-blocking and trio keeps no
   write buffer of its own, so ``socket.send`` is exactly what ``send()`` does
   minus the scheduling;
-* anyio's TCP streams on asyncio: ``transport.write`` is synchronous and keeps
-  order with every other write; we only use it while the transport's buffer is
-  below its flow-control mark.  This reads anyio's private ``_transport``
-  attribute -- checked by ``tests/net/test_nowait.py`` on every CI run -- and
-  degrades to ``None`` (the slower, always-correct path) if it ever goes away.
+* (on asyncio, :class:`~moonpool.net.RealNetwork` makes streams of its own,
+  which have ``send_nowait``: see :mod:`moonpool.net._asyncio_stream`.)
 """
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import Callable
-from typing import Final
 
 import anyio.abc
 from anyio.abc import SocketAttribute
@@ -45,10 +40,6 @@ from anyio.abc import SocketAttribute
 __all__ = ["NonBlockingSender", "nonblocking_sender"]
 
 NonBlockingSender = Callable[[bytes], int]
-
-#: Bytes an asyncio transport may hold before we stop adding to it without
-#: waiting (asyncio's default high-water mark).
-ASYNCIO_BUFFER_LIMIT: Final = 64 * 1024
 
 
 def nonblocking_sender(stream: anyio.abc.ByteStream) -> NonBlockingSender | None:
@@ -58,12 +49,10 @@ def nonblocking_sender(stream: anyio.abc.ByteStream) -> NonBlockingSender | None
         return own  # type: ignore[no-any-return]
     if not isinstance(stream, anyio.abc.SocketStream):
         return None
-    # Which anyio backend made the stream decides what is safe (see above).
-    backend = type(stream).__module__
-    if backend == "anyio._backends._trio":
+    # Only on trio is the socket all there is (anyio's asyncio streams keep a
+    # write buffer of their own, which a direct write would overtake).
+    if type(stream).__module__ == "anyio._backends._trio":
         return _socket_sender(stream.extra(SocketAttribute.raw_socket, None))
-    if backend == "anyio._backends._asyncio":
-        return _transport_sender(getattr(stream, "_transport", None))
     return None
 
 
@@ -79,26 +68,5 @@ def _socket_sender(sock: socket.socket | None) -> NonBlockingSender | None:
             # BlockingIOError: the kernel buffer is full; anything else (reset,
             # closed): the writer's send() raises it properly.  Either way, 0.
             return 0
-
-    return send_nowait
-
-
-def _transport_sender(transport: object) -> NonBlockingSender | None:
-    if not isinstance(transport, asyncio.WriteTransport):
-        return None
-    write, is_closing, buffered = (
-        transport.write,
-        transport.is_closing,
-        transport.get_write_buffer_size,
-    )
-
-    def send_nowait(data: bytes) -> int:
-        if is_closing() or buffered() >= ASYNCIO_BUFFER_LIMIT:
-            return 0
-        try:
-            write(data)
-        except (OSError, RuntimeError):
-            return 0
-        return len(data)
 
     return send_nowait

@@ -20,6 +20,7 @@ above must not care whether it talks to ``SimNetwork`` or the kernel:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import ipaddress
@@ -35,6 +36,7 @@ import anyio.lowlevel
 from anyio.abc import SocketAttribute
 
 from moonpool.net._address import Address, InvalidAddress, parse_address
+from moonpool.net._asyncio_stream import AsyncioSocketStream
 from moonpool.net._provider import AddressInUse
 
 __all__ = ["RealNetwork"]
@@ -125,7 +127,10 @@ class RealNetwork:
         stream: anyio.abc.SocketStream | None = None
         with anyio.move_on_after(self._connect_timeout) as scope:
             try:
-                stream = await anyio.connect_tcp(host, port)
+                if _running_asyncio() is None:
+                    stream = await anyio.connect_tcp(host, port)
+                else:
+                    stream = await _asyncio_connect(host, port)
             except OSError as exc:
                 raise _connect_error(address, exc) from exc
         if scope.cancelled_caught:
@@ -313,11 +318,57 @@ async def _wrap_accepted(conn: socket.socket) -> anyio.abc.SocketStream | None:
     try:
         conn.setblocking(False)
         _set_nodelay(conn)
+        if _running_asyncio() is not None:
+            return await AsyncioSocketStream.wrap(conn)
         return await anyio.abc.SocketStream.from_socket(conn)
     except (OSError, ValueError):
         # ValueError: anyio found it no longer connected (reset by the client).
         conn.close()
         return None
+
+
+def _running_asyncio() -> asyncio.AbstractEventLoop | None:
+    """The asyncio loop we run on, or ``None`` (on trio there is none)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def _asyncio_connect(host: str, port: int) -> AsyncioSocketStream:
+    """Connect to each address ``host`` resolves to in turn; the first that works wins.
+
+    The asyncio counterpart of ``anyio.connect_tcp``, making our own stream
+    type.  Failures are reported the way anyio reports them (a generic
+    ``OSError`` caused by a group of one error per address), so that
+    ``_connect_error`` turns both into the same precise exception.  No happy
+    eyeballs: attempts are sequential, all within the caller's connect timeout.
+    """
+    loop = asyncio.get_running_loop()
+    literal = _ip_literal(host)
+    targets: list[tuple[socket.AddressFamily, tuple[object, ...]]]
+    if literal is not None:
+        ipv6 = literal.version == 6
+        targets = [(socket.AF_INET6 if ipv6 else socket.AF_INET, (literal.compressed, port))]
+    else:
+        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        targets = [(family, sockaddr) for family, _kind, _proto, _name, sockaddr in infos]
+    errors: list[OSError] = []
+    for family, sockaddr in targets:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, sockaddr)
+            return await AsyncioSocketStream.wrap(sock)
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+        except BaseException:
+            sock.close()
+            raise
+    raise OSError("All connection attempts failed") from ExceptionGroup(
+        f"connecting to {host}:{port}", errors
+    )
 
 
 def _set_nodelay(sock: socket.socket) -> None:
