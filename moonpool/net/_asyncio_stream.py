@@ -194,13 +194,11 @@ class AsyncioSocketStream(anyio.abc.SocketStream):
             self._sending = True
             try:
                 while protocol.writing_paused and not protocol.lost:
-                    waiter = protocol.drain_waiter = asyncio.get_running_loop().create_future()
-                    try:
-                        await waiter
-                    finally:
-                        protocol.drain_waiter = None
+                    protocol.drain_waiter = asyncio.get_running_loop().create_future()
+                    await protocol.drain_waiter
             finally:
                 self._sending = False
+                protocol.drain_waiter = None
             self._check_writable()
 
     def send_nowait(self, data: bytes) -> int:

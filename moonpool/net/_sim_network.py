@@ -203,19 +203,29 @@ class SimStream(anyio.abc.ByteStream):
         """
         if not data or self._sending or self._closed or self._eof_sent or self._out.broken:
             return 0
-        world, direction = self._world, self._out
-        if world.faults.resets(self._local.host, self._remote.host):
-            self._connection.reset()
+        if self._draw_reset():
             return 0
-        room = world.buffer_size - direction.in_flight
+        room = self._world.buffer_size - self._out.in_flight
         if room <= 0:
             return 0
-        points = world.faults.split_points(len(data))
-        if not points and len(data) > 1 and buggify():
-            points = [len(data) // 2]
+        points = self._split_points(len(data))
         size = min(points[0] if points else len(data), room)
         self._enqueue(bytes(data[:size]))
         return size
+
+    def _draw_reset(self) -> bool:
+        """Whether the fault injector resets the connection at this write (it then is)."""
+        if self._world.faults.resets(self._local.host, self._remote.host):
+            self._connection.reset()
+            return True
+        return False
+
+    def _split_points(self, size: int) -> list[int]:
+        """Where a write of ``size`` bytes is cut into separately delivered pieces."""
+        points = self._world.faults.split_points(size)
+        if not points and size > 1 and buggify():
+            points = [size // 2]
+        return points
 
     def _check_sendable(self) -> None:
         if self._closed or self._eof_sent:
@@ -226,13 +236,9 @@ class SimStream(anyio.abc.ByteStream):
     async def _send(self, data: bytes) -> None:
         self._check_sendable()
         world, direction = self._world, self._out
-        src, dst = self._local.host, self._remote.host
-        if world.faults.resets(src, dst):
-            self._connection.reset()
+        if self._draw_reset():
             raise anyio.BrokenResourceError(f"connection {self} was reset (simulated)")
-        points = world.faults.split_points(len(data))
-        if not points and len(data) > 1 and buggify():
-            points = [len(data) // 2]
+        points = self._split_points(len(data))
         pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
         capacity = world.buffer_size
         for piece in pieces:
