@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, final
 
@@ -27,6 +26,7 @@ from moonpool.transport._driver import TransportDriver
 from moonpool.transport._envelope import Envelope, RequestResponseEnvelope
 from moonpool.transport._errors import TransportClosed
 from moonpool.transport._framing import DEFAULT_MAX_FRAME_SIZE
+from moonpool.transport._loop_bindings import LoopBindings, bind_running_loop
 from moonpool.transport._peer import PeerConfig
 from moonpool.transport._protocol import Completion, RetryPolicy, TransportProtocol
 
@@ -45,10 +45,12 @@ def transport_random() -> random.Random:
     return random.Random(run.random.getrandbits(64)) if run is not None else random.Random()
 
 
-@dataclass(slots=True, eq=False)
 class _Waiter:
-    event: anyio.Event = field(default_factory=anyio.Event)
-    completion: Completion | None = None
+    __slots__ = ("completion", "event")
+
+    def __init__(self, event: anyio.Event) -> None:
+        self.event = event
+        self.completion: Completion | None = None
 
 
 @final
@@ -82,6 +84,7 @@ class ClientTransport:
         self._drivers: dict[type[Any], TransportDriver[Any]] = {}
         self._waiters: dict[tuple[type[Any], int], _Waiter] = {}
         self._tasks: BackgroundTasks | None = None
+        self._loop: LoopBindings | None = None
         self._state = "new"
         # Correlation ids, retry and reconnect jitter; pass a seeded Random to make a
         # component test outside a simulation replayable.
@@ -96,6 +99,7 @@ class ClientTransport:
     async def __aenter__(self) -> Self:
         if self._state != "new":
             raise TransportClosed("a ClientTransport can be entered only once")
+        self._loop = bind_running_loop()
         tasks = BackgroundTasks()
         await tasks.__aenter__()
         self._tasks = tasks
@@ -218,12 +222,13 @@ class ClientTransport:
             _check_destination(destination)  # once per peer, not per request
             peer = driver.get_or_create_peer(destination)
         peer.check_room()
-        now = anyio.current_time()
+        loop = self._loop
+        assert loop is not None
         correlation_id = driver.protocol.start_request(
-            destination, bytes(payload), now=now, timeout=timeout
+            destination, bytes(payload), now=loop.now(), timeout=timeout
         )
         key = (envelope, correlation_id)
-        waiter = self._waiters[key] = _Waiter()
+        waiter = self._waiters[key] = _Waiter(loop.new_event())
         try:
             driver.flush()
             # No timer of our own: the protocol owns this request's deadline, and the
