@@ -8,7 +8,10 @@ transport those costs are most of a round trip.  This stream keeps reading while
 its buffer has room (flow control only when it fills, as asyncio's own
 ``StreamReader`` does) and lets a ``send`` the kernel accepts at once return
 without a loop iteration.  It also offers :meth:`AsyncioSocketStream.send_nowait`,
-the transport's fast path (see :mod:`moonpool.net._nowait`).
+the transport's fast path (see :mod:`moonpool.net._nowait`), and
+:meth:`AsyncioSocketStream.receive_into`, which hands each chunk to a callback
+straight from the event loop's read callback: a reader that only parses bytes
+and wakes other tasks needs no task of its own to be scheduled per message.
 
 It is an ``anyio.abc.SocketStream`` with the same semantics as anyio's own,
 checked by the shared stream conformance suite: ordering, ``max_bytes``,
@@ -26,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
-from typing import Final, final
+from collections.abc import Callable
+from typing import Final, NoReturn, final
 
 import anyio
 import anyio.abc
@@ -60,6 +64,9 @@ class _Protocol(asyncio.Protocol):
         self.error: BaseException | None = None
         self.read_waiter: asyncio.Future[None] | None = None
         self.drain_waiter: asyncio.Future[None] | None = None
+        # Set while receive_into() runs: chunks go to it instead of the buffer.
+        self.consumer: Callable[[bytes], object] | None = None
+        self.consumer_error: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -67,6 +74,16 @@ class _Protocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_BUFFER_LIMIT)
 
     def data_received(self, data: bytes) -> None:
+        consumer = self.consumer
+        if consumer is not None:
+            try:
+                consumer(data)
+            except Exception as exc:
+                # Stop delivering; receive_into() raises it in its own task.
+                self.consumer = None
+                self.consumer_error = exc
+                _wake(self.read_waiter)
+            return
         self.chunks.append(data)
         self.buffered += len(data)
         if self.buffered >= READ_BUFFER_LIMIT and not self.reading_paused:
@@ -176,6 +193,47 @@ class AsyncioSocketStream(anyio.abc.SocketStream):
             data = b"".join(parts)
         protocol.consumed(len(data))
         return data
+
+    async def receive_into(self, on_data: Callable[[bytes], object]) -> NoReturn:
+        """Call ``on_data(chunk)`` for every chunk received, until the stream ends.
+
+        Buffered chunks are handed over first; after that each chunk is passed on
+        from the event loop's read callback as it arrives, so ``on_data`` must not
+        block (it cannot await).  Never returns: raises ``EndOfStream``,
+        ``BrokenResourceError`` or ``ClosedResourceError`` as :meth:`receive`
+        would, or re-raises what ``on_data`` raised (delivery stops at that
+        chunk; later chunks stay buffered for :meth:`receive`).  Cancelling the
+        call stops delivery and loses nothing.
+        """
+        if self._receiving:
+            raise anyio.BusyResourceError("reading from")
+        protocol = self._protocol
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        self._receiving = True
+        try:
+            chunks = protocol.chunks
+            while chunks and not self._closed:
+                data = chunks.popleft()
+                protocol.consumed(len(data))
+                on_data(data)
+            protocol.consumer = on_data
+            while True:
+                error = protocol.consumer_error
+                if error is not None:
+                    protocol.consumer_error = None
+                    raise error
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                if protocol.error is not None:
+                    raise anyio.BrokenResourceError from protocol.error
+                if protocol.eof or protocol.lost:
+                    raise anyio.EndOfStream
+                waiter = protocol.read_waiter = asyncio.get_running_loop().create_future()
+                await waiter
+        finally:
+            protocol.consumer = None
+            protocol.read_waiter = None
+            self._receiving = False
 
     async def send(self, item: bytes) -> None:
         await anyio.lowlevel.checkpoint_if_cancelled()

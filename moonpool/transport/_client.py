@@ -26,7 +26,7 @@ from moonpool.transport._driver import TransportDriver
 from moonpool.transport._envelope import Envelope, RequestResponseEnvelope
 from moonpool.transport._errors import TransportClosed
 from moonpool.transport._framing import DEFAULT_MAX_FRAME_SIZE
-from moonpool.transport._loop_bindings import LoopBindings, bind_running_loop
+from moonpool.transport._loop_bindings import LoopBindings, OneShotEvent, bind_running_loop
 from moonpool.transport._peer import PeerConfig
 from moonpool.transport._protocol import Completion, RetryPolicy, TransportProtocol
 
@@ -48,7 +48,7 @@ def transport_random() -> random.Random:
 class _Waiter:
     __slots__ = ("completion", "event")
 
-    def __init__(self, event: anyio.Event) -> None:
+    def __init__(self, event: OneShotEvent) -> None:
         self.event = event
         self.completion: Completion | None = None
 

@@ -26,7 +26,7 @@ import anyio
 import anyio.abc
 
 from moonpool.net import NetworkProvider
-from moonpool.net._nowait import nonblocking_sender
+from moonpool.net._nowait import nonblocking_sender, push_receiver
 from moonpool.transport._errors import SendQueueFull, SerializationError, TransportClosed
 from moonpool.transport._frame_queue import FrameQueue, write_frames
 
@@ -206,14 +206,19 @@ class Peer:
     async def _serve(self, stream: anyio.abc.ByteStream) -> None:
         """Write the queue and read replies until the connection ends."""
         failure: list[str] = []
+        receive_into = push_receiver(stream)
         async with stream, anyio.create_task_group() as group:
+
+            def on_data(data: bytes) -> None:
+                self.stats.bytes_received += len(data)
+                self._on_data(data)
 
             async def reader() -> None:
                 try:
+                    if receive_into is not None:
+                        await receive_into(on_data)  # from the loop's read callback
                     while True:
-                        data = await stream.receive(self.config.receive_size)
-                        self.stats.bytes_received += len(data)
-                        self._on_data(data)
+                        on_data(await stream.receive(self.config.receive_size))
                 except anyio.EndOfStream:
                     failure.append(f"connection to {self.address} closed by the remote")
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:

@@ -19,7 +19,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.mark.anyio
-async def test_clock_and_events_behave_like_anyios() -> None:
+async def test_clock_agrees_with_anyio() -> None:
     loop = bind_running_loop()
     before = anyio.current_time()
     now = loop.now()
@@ -28,9 +28,10 @@ async def test_clock_and_events_behave_like_anyios() -> None:
     await anyio.sleep(0.01)
     assert loop.now() >= now + 0.01
 
-    event = loop.new_event()
-    assert isinstance(event, anyio.Event)
-    assert type(event) is type(anyio.Event())
+
+@pytest.mark.anyio
+async def test_event_wakes_its_waiter() -> None:
+    event = bind_running_loop().new_event()
     assert not event.is_set()
 
     async def wake_later() -> None:
@@ -42,6 +43,43 @@ async def test_clock_and_events_behave_like_anyios() -> None:
         with anyio.fail_after(5):
             await event.wait()
     assert event.is_set()
+    event.set()  # setting twice is harmless
+    with anyio.fail_after(5):
+        await event.wait()  # already set: returns at once
+
+
+@pytest.mark.anyio
+async def test_cancelled_wait_leaves_the_event_usable() -> None:
+    event = bind_running_loop().new_event()
+    with anyio.move_on_after(0.01) as scope:
+        await event.wait()
+    assert scope.cancelled_caught
+    assert not event.is_set()
+    event.set()  # a set after the cancelled wait is not lost
+    assert event.is_set()
+    with anyio.fail_after(5):
+        await event.wait()
+
+    other = bind_running_loop().new_event()
+    with anyio.move_on_after(0.01):
+        await other.wait()
+    with anyio.fail_after(5):  # and a fresh wait after a cancelled one still wakes
+        async with anyio.create_task_group() as group:
+            group.start_soon(other.wait)
+            await anyio.sleep(0.01)
+            other.set()
+    assert other.is_set()
+
+
+@pytest.mark.anyio
+async def test_waiting_on_a_set_event_still_notices_cancellation() -> None:
+    event = bind_running_loop().new_event()
+    event.set()
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await event.wait()
+        pytest.fail("wait() on a set event in a cancelled scope should raise Cancelled")
+    assert scope.cancelled_caught
 
 
 def test_asyncio_clock_is_the_loops() -> None:

@@ -1,0 +1,177 @@
+"""``push_receiver`` and ``AsyncioSocketStream.receive_into``: bytes handed over from
+the event loop's read callback, over real loopback TCP on asyncio.
+
+The transport's client peers read this way on asyncio, so the contract matters:
+every byte reaches ``on_data`` exactly once and in order (buffered bytes first),
+the end of the stream raises what ``receive()`` would, and an error from
+``on_data`` or a cancellation stops delivery without losing the bytes after it.
+"""
+
+from __future__ import annotations
+
+import random
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import pytest
+import trio
+import trio.testing
+
+from moonpool.net import ChaosConfig, RealNetwork, SimNetwork
+from moonpool.net._nowait import push_receiver
+
+TIMEOUT = 10.0
+
+pytestmark = pytest.mark.real_network
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # the only backend whose RealNetwork streams push
+
+
+async def real_pair() -> tuple[anyio.abc.ByteStream, anyio.abc.ByteStream]:
+    network = RealNetwork()
+    async with await network.listen("127.0.0.1:0") as listener:
+        client = await network.connect(listener.address)
+        server = await listener.accept()
+    return client, server
+
+
+def collector() -> tuple[list[bytes], object]:
+    chunks: list[bytes] = []
+    return chunks, chunks.append
+
+
+async def wait_for(condition: object, what: str) -> None:
+    assert callable(condition)
+    with anyio.fail_after(TIMEOUT):
+        while not condition():  # noqa: ASYNC110 -- state changed by loop callbacks
+            await anyio.sleep(0.001)
+
+
+@pytest.mark.anyio
+async def test_every_byte_once_in_order_then_end_of_stream() -> None:
+    client, server = await real_pair()
+    async with client, server:
+        receive_into = push_receiver(server)
+        assert receive_into is not None
+        rng = random.Random(7)
+        messages = [rng.randbytes(rng.randrange(1, 5000)) for _ in range(300)]
+        # Some bytes are buffered before delivery starts: they come first.
+        await client.send(messages[0])
+        await wait_for(lambda: server._protocol.buffered > 0, "bytes buffered")  # type: ignore[attr-defined]
+        received = bytearray()
+
+        async def write_rest() -> None:
+            for message in messages[1:]:
+                await client.send(message)
+                if rng.random() < 0.1:
+                    await anyio.lowlevel.checkpoint()
+            await client.send_eof()
+
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as group:
+                group.start_soon(write_rest)
+                with pytest.raises(anyio.EndOfStream):
+                    await receive_into(received.extend)
+        assert bytes(received) == b"".join(messages)
+        # The stream is still usable the ordinary way afterwards.
+        with pytest.raises(anyio.EndOfStream):
+            await server.receive()
+
+
+@pytest.mark.anyio
+async def test_error_from_on_data_is_raised_and_later_bytes_are_kept() -> None:
+    client, server = await real_pair()
+    async with client, server:
+        receive_into = push_receiver(server)
+        assert receive_into is not None
+        seen: list[bytes] = []
+
+        def on_data(data: bytes) -> None:
+            seen.append(data)
+            raise ValueError("bad input")
+
+        async def write() -> None:
+            await client.send(b"first")
+            await wait_for(lambda: seen, "first chunk delivered")
+            await client.send(b"second")
+
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as group:
+                group.start_soon(write)
+                with pytest.raises(ValueError, match="bad input"):
+                    await receive_into(on_data)
+            assert seen == [b"first"]
+            assert await server.receive() == b"second"
+
+
+@pytest.mark.anyio
+async def test_cancelled_delivery_loses_nothing() -> None:
+    client, server = await real_pair()
+    async with client, server:
+        receive_into = push_receiver(server)
+        assert receive_into is not None
+        chunks: list[bytes] = []
+        with anyio.move_on_after(0.05) as scope:
+            async with anyio.create_task_group() as group:
+
+                async def write() -> None:
+                    await client.send(b"during")
+
+                group.start_soon(write)
+                await receive_into(chunks.append)
+        assert scope.cancelled_caught
+        assert b"".join(chunks) == b"during"
+        await client.send(b"after")
+        with anyio.fail_after(TIMEOUT):
+            assert await server.receive() == b"after"
+
+
+@pytest.mark.anyio
+async def test_concurrent_receive_is_busy_and_aclose_ends_delivery() -> None:
+    client, server = await real_pair()
+    async with client:
+        receive_into = push_receiver(server)
+        assert receive_into is not None
+        outcome: list[BaseException] = []
+
+        async def deliver() -> None:
+            try:
+                await receive_into(lambda data: None)
+            except anyio.ClosedResourceError as exc:
+                outcome.append(exc)
+
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as group:
+                group.start_soon(deliver)
+                await anyio.sleep(0.01)
+                with pytest.raises(anyio.BusyResourceError):
+                    await server.receive()
+                with pytest.raises(anyio.BusyResourceError):
+                    await receive_into(lambda data: None)
+                await server.aclose()
+        assert len(outcome) == 1
+
+
+def test_trio_and_simulated_streams_do_not_push() -> None:
+    """Elsewhere the transport reads with ordinary receive() calls."""
+
+    async def main() -> None:
+        network = RealNetwork()
+        async with await network.listen("127.0.0.1:0") as listener:
+            client = await network.connect(listener.address)
+            server = await listener.accept()
+            async with client, server:
+                assert push_receiver(client) is None
+                assert push_receiver(server) is None
+        sim = SimNetwork(seed=1, chaos=ChaosConfig.none())
+        async with await sim.listen("server:4500") as sim_listener:
+            sim_client = await sim.for_host("client").connect(sim_listener.address)
+            sim_server = await sim_listener.accept()
+            assert push_receiver(sim_client) is None
+            assert push_receiver(sim_server) is None
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
