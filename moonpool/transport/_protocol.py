@@ -145,7 +145,8 @@ class TransportProtocol(Generic[E]):
 
     A client (``serves_requests=False``) starts requests, and every envelope it
     receives is a candidate reply. A server (``serves_requests=True``) queues every
-    received envelope for :meth:`poll_receive` and answers with :meth:`send`.
+    received envelope for :meth:`poll_receive` and answers with :meth:`send`, which
+    returns the reply's frame for the driver to write on the request's connection.
 
     The driver loop, in outline::
 
@@ -182,8 +183,8 @@ class TransportProtocol(Generic[E]):
         self._next_correlation_id = first_correlation_id
         self._closed = False
 
-        # (transmit, correlation id of the request it carries, or None if untracked)
-        self._transmits: deque[tuple[Transmit, int | None]] = deque()
+        # (transmit, correlation id of the request it carries)
+        self._transmits: deque[tuple[Transmit, int]] = deque()
         self._received: deque[tuple[str, E]] = deque()
         self._completions: deque[Completion] = deque()
         self._decoders: dict[str, FrameDecoder[E]] = {}
@@ -240,15 +241,21 @@ class TransportProtocol(Generic[E]):
 
     # ------------------------------------------------------------------ outbound
 
-    def send(self, destination: str, envelope: E) -> None:
-        """Queue ``envelope`` for ``destination`` without tracking it (e.g. a reply).
+    def send(self, envelope: E) -> bytes:
+        """Encode an untracked envelope (e.g. a reply) and return its frame.
 
-        Raises :class:`SerializationError` if it cannot be encoded (nothing is
-        queued) and :class:`TransportClosed` after :meth:`close`.
+        Like h11's ``send``, the bytes come straight back for the driver to write
+        on the connection the envelope belongs to: nothing is queued, since no
+        deadline or retry will ever need the frame again.  Counted as sent.
+        Raises :class:`SerializationError` if it cannot be encoded and
+        :class:`TransportClosed` after :meth:`close`.
         """
         self._check_open()
         frame = self._serializer.serialize(envelope)
-        self._transmits.append((Transmit(destination, frame), None))
+        stats = self.stats
+        stats.envelopes_sent += 1
+        stats.bytes_sent += len(frame)
+        return frame
 
     def start_request(self, destination: str, payload: bytes, *, now: float, timeout: float) -> int:
         """Queue a tracked request and return its new correlation id.
@@ -291,18 +298,17 @@ class TransportProtocol(Generic[E]):
             self.stats.requests_cancelled += 1
 
     def poll_transmit(self) -> Transmit | None:
-        """The next frame to write, or ``None``.
+        """The next request frame to write, or ``None``.
 
         Frames of requests that finished before being handed out (cancelled or
         expired) are skipped: nobody is waiting for their answer.
         """
         while self._transmits:
             transmit, correlation_id = self._transmits.popleft()
-            if correlation_id is not None:
-                pending = self._pending.get(correlation_id)
-                if pending is None:
-                    continue
-                pending.on_wire = True
+            pending = self._pending.get(correlation_id)
+            if pending is None:
+                continue
+            pending.on_wire = True
             self.stats.envelopes_sent += 1
             self.stats.bytes_sent += len(transmit.data)
             return transmit

@@ -418,24 +418,21 @@ class ServerTransport(Generic[E]):
             raise ConnectionFailed(
                 f"cannot reply to {request.source}: its connection closed before the reply"
             )
-        protocol = self._protocol
-        protocol.send(connection.id, request.envelope.create_reply(bytes(payload)))
         outbox = connection.outbox
+        if outbox.closed:
+            raise ConnectionFailed(
+                f"cannot reply to {request.source}: its connection closed before the reply"
+            )
+        if outbox.full:
+            raise SendQueueFull(
+                f"reply queue to {request.source} is full ({self._max_queued_replies} "
+                f"replies unread): the client is not reading"
+            )
+        frame = self._protocol.send(request.envelope.create_reply(bytes(payload)))
         # The last reply a connection owes goes out from this task at once (with
         # any queued before it); while more are owed, replies wait in the outbox
         # so that a pipelined batch leaves in one write.
-        write_now = connection.outstanding <= 1
-        while (transmit := protocol.poll_transmit()) is not None:
-            if outbox.closed:
-                raise ConnectionFailed(
-                    f"cannot reply to {request.source}: its connection closed before the reply"
-                )
-            if outbox.full:
-                raise SendQueueFull(
-                    f"reply queue to {request.source} is full ({self._max_queued_replies} "
-                    f"replies unread): the client is not reading"
-                )
-            outbox.put(transmit.data, write_now=write_now)
+        outbox.put(frame, write_now=connection.outstanding <= 1)
         self.stats.replies_sent += 1
         # A second reply to the same request must not count as answering another
         # one: that drove ``outstanding`` to zero early, and a half-closed
