@@ -75,6 +75,10 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         consumer = self.consumer
+        if consumer is not None and self.read_waiter is not None and self.read_waiter.cancelled():
+            # receive_into() was cancelled and has not run its cleanup yet: from
+            # now on the bytes are the next reader's, so buffer them.
+            consumer = self.consumer = None
         if consumer is not None:
             try:
                 consumer(data)
@@ -232,6 +236,7 @@ class AsyncioSocketStream(anyio.abc.SocketStream):
                 await waiter
         finally:
             protocol.consumer = None
+            protocol.consumer_error = None
             protocol.read_waiter = None
             self._receiving = False
 

@@ -44,6 +44,8 @@ from typing import Any, NoReturn
 import anyio.abc
 from anyio.abc import SocketAttribute
 
+from moonpool.net._asyncio_stream import AsyncioSocketStream
+
 __all__ = ["NonBlockingSender", "PushReceiver", "nonblocking_sender", "push_receiver"]
 
 NonBlockingSender = Callable[[bytes], int]
@@ -51,9 +53,12 @@ PushReceiver = Callable[[Callable[[bytes], object]], Coroutine[Any, Any, NoRetur
 
 
 def push_receiver(stream: anyio.abc.ByteStream) -> PushReceiver | None:
-    """The stream's ``receive_into(on_data)``, or ``None`` if it has none."""
-    own = getattr(stream, "receive_into", None)
-    return own if callable(own) else None
+    """``stream.receive_into`` for moonpool's own asyncio streams, else ``None``.
+
+    Checked by type, not by the method's name: other streams may well have a
+    ``receive_into`` of their own with another meaning (``socket.recv_into``'s).
+    """
+    return stream.receive_into if isinstance(stream, AsyncioSocketStream) else None
 
 
 def nonblocking_sender(stream: anyio.abc.ByteStream) -> NonBlockingSender | None:

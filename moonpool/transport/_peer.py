@@ -44,6 +44,9 @@ class PeerConfig:
     makes ``send`` fail fast with ``SendQueueFull`` rather than grow without end.
     Reconnect delays double from ``reconnect_initial`` up to ``reconnect_max``,
     each shortened by up to ``reconnect_jitter`` of itself.
+    ``receive_size`` caps each read where the transport reads with ``receive()``
+    (trio, simulations); asyncio streams push whatever the loop read (up to
+    256 KiB) and ignore it.
     """
 
     max_queued_frames: int = 4096
@@ -95,8 +98,13 @@ class Peer:
     The owner starts :meth:`run` in a task group and stops it by cancelling that
     group (or with :meth:`close`).  ``on_data`` receives every chunk read;
     ``on_lost`` is called after a connect failure or a broken connection, once the
-    queue has been cleared.  Both run synchronously in the actor task, so the
-    owner's state never changes under it between two awaits.
+    queue has been cleared.  Both run synchronously, so the owner's state never
+    changes under it between two awaits.  ``on_lost`` runs in the actor task.
+    ``on_data`` does too on trio and in simulations; on asyncio, with
+    :class:`~moonpool.net.RealNetwork`'s streams, it runs in the event loop's read
+    callback (push mode, one loop iteration less per reply), outside any task: it
+    must only parse and wake, not call anyio functions that need a current task.
+    An exception it raises ends the connection exactly as in the actor task.
     """
 
     def __init__(

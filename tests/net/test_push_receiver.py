@@ -131,6 +131,72 @@ async def test_cancelled_delivery_loses_nothing() -> None:
 
 
 @pytest.mark.anyio
+async def test_bytes_arriving_as_delivery_is_cancelled_are_neither_lost_nor_swallowed() -> None:
+    """The read callback can run after the waiting task was cancelled but before it
+    resumed.  Those bytes belong to whoever reads next: they must not reach the old
+    ``on_data``, whose error would then be raised by nobody (or by the next call)."""
+    client, server = await real_pair()
+    async with client, server:
+        receive_into = push_receiver(server)
+        assert receive_into is not None
+        seen: list[bytes] = []
+
+        def on_data(data: bytes) -> None:
+            seen.append(data)
+            raise ValueError(f"bad input {data!r}")
+
+        raised: list[BaseException] = []
+        scope = anyio.CancelScope()
+
+        async def reader() -> None:
+            with scope:
+                try:
+                    await receive_into(on_data)
+                except ValueError as exc:
+                    raised.append(exc)
+
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as group:
+                group.start_soon(reader)
+                await anyio.sleep(0.05)  # the reader waits inside receive_into
+                await client.send(b"BAD")  # in the server's kernel buffer at once
+                await anyio.lowlevel.checkpoint()  # the read callback is now due...
+                scope.cancel()  # ...and runs after this cancellation, before the reader
+            if raised:  # delivered before the cancellation: raised where it belongs
+                assert seen == [b"BAD"]
+            else:  # after it: kept for the next reader, not handed to on_data
+                assert scope.cancelled_caught
+                assert seen == []
+                fresh: list[bytes] = []
+                with anyio.move_on_after(0.2):
+                    await receive_into(fresh.append)
+                assert fresh == [b"BAD"]
+
+
+class _BufferStyleStream(anyio.abc.ByteStream):
+    """A stream whose ``receive_into`` means what ``socket.recv_into`` means."""
+
+    def receive_into(self, buffer: bytearray) -> int:
+        return 0
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        raise anyio.EndOfStream
+
+    async def send(self, item: bytes) -> None:
+        pass
+
+    async def send_eof(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_another_streams_receive_into_is_not_taken_for_push_mode() -> None:
+    assert push_receiver(_BufferStyleStream()) is None
+
+
+@pytest.mark.anyio
 async def test_concurrent_receive_is_busy_and_aclose_ends_delivery() -> None:
     client, server = await real_pair()
     async with client:
