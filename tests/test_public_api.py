@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 
 import pytest
 
@@ -53,3 +55,17 @@ def test_private_modules_stay_private() -> None:
     import moonpool.sim
 
     assert all(not name.startswith("_") for name in moonpool.sim.__all__)
+
+
+def test_importing_moonpool_does_not_import_test_tools() -> None:
+    """A program using moonpool on real sockets must not pay for pytest at import
+    (trio.testing imports it when installed: about 80 ms and a large heap)."""
+    code = (
+        "import sys, moonpool.sim, moonpool.net, moonpool.transport\n"
+        "print(sorted(m for m in ('pytest', '_pytest', 'trio.testing', 'hypothesis')"
+        " if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, final
 
 import anyio
 import trio
-import trio.testing
 
 from moonpool.sim._logs import captured_logs
 from moonpool.sim._report import FailureRecord, RunRecord
@@ -43,6 +42,8 @@ from moonpool.sim._trio_internals import RunnerProbe, current_runner_probe, seed
 from moonpool.sim._workload import WorkloadContext, WorkloadSpec
 
 if TYPE_CHECKING:
+    import trio.testing
+
     from moonpool.net import ChaosConfig, NetworkProvider
 
 __all__ = ["IterationConfig", "IterationResult", "NetworkFactory", "run_iteration"]
@@ -268,6 +269,10 @@ def run_iteration(
     seed: int, config: IterationConfig, replay_hint: Callable[[int], str]
 ) -> IterationResult:
     """Run one seed to completion and say how it went.  Never raises for workload failures."""
+    # Imported here, not at module level: trio.testing imports pytest when it is
+    # installed, and `import moonpool.transport` for real networks should not.
+    import trio.testing
+
     run = SimRun(seed=seed, buggify_enabled=config.buggify)
     clock = trio.testing.MockClock(autojump_threshold=0)
     supervisor = _Supervisor(run, config, clock)
