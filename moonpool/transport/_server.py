@@ -77,6 +77,7 @@ class _Connection:
         "outstanding",
         "source",
         "stream",
+        "tasks",
         "writer_done",
     )
 
@@ -89,8 +90,14 @@ class _Connection:
         self.closed = False
         self.outstanding = 0  # requests handed to the application, not yet answered
         self._answered: anyio.Event | None = None
-        self.writer_done = anyio.Event()
         self.outbox = FrameQueue(queue)
+        # The connection's task group, once it is being served.
+        self.tasks: anyio.abc.TaskGroup | None = None
+        # Set once the writer task runs, and set when it has finished.  Most replies
+        # leave through the outbox's fast path, so an idle or request/response
+        # connection may never need a writer: it is started on the first backlog
+        # (a third of an idle connection's memory, measured).
+        self.writer_done: anyio.Event | None = None
 
     def answered_one(self) -> None:
         self.outstanding -= 1
@@ -108,6 +115,12 @@ class _Connection:
         if self.outstanding:
             self._answered = anyio.Event()
             await self._answered.wait()
+
+    async def wait_all_written(self) -> None:
+        """Close the outbox and wait until the writer (if any) has written it all."""
+        self.outbox.close()
+        if self.writer_done is not None:
+            await self.writer_done.wait()
 
 
 @final
@@ -433,6 +446,8 @@ class ServerTransport(Generic[E]):
         # any queued before it); while more are owed, replies wait in the outbox
         # so that a pipelined batch leaves in one write.
         outbox.put(frame, write_now=connection.outstanding <= 1)
+        if outbox and connection.writer_done is None:
+            self._start_writer(connection)
         self.stats.replies_sent += 1
         # A second reply to the same request must not count as answering another
         # one: that drove ``outstanding`` to zero early, and a half-closed
@@ -483,17 +498,19 @@ class ServerTransport(Generic[E]):
     async def _serve_connection(self, connection: _Connection) -> None:
         try:
             async with connection.stream, anyio.create_task_group() as group:
-                group.start_soon(self._write_loop, connection)
+                connection.tasks = group
+                connection.outbox.sender = nonblocking_sender(connection.stream)
                 if await self._read_loop(connection):
                     # The client half-closed after its requests: answer them all, let
                     # the writer drain, then close -- within the drain timeout.
                     with anyio.move_on_after(self._drain_timeout):
                         await connection.wait_all_answered()
-                        connection.outbox.close()
-                        await connection.writer_done.wait()
+                        await connection.wait_all_written()
                 group.cancel_scope.cancel()
         finally:
             connection.closed = True
+            connection.tasks = None
+            connection.outbox.sender = None
             connection.outbox.close()
             del self._connections[connection.id]
             if not self._protocol.closed:
@@ -601,13 +618,18 @@ class ServerTransport(Generic[E]):
             exc,
         )
 
-    async def _write_loop(self, connection: _Connection) -> None:
-        outbox = connection.outbox
-        outbox.sender = nonblocking_sender(connection.stream)
+    def _start_writer(self, connection: _Connection) -> None:
+        if connection.tasks is None:
+            return  # not served yet or any more: its outbox is closed or dropped
+        done = connection.writer_done = anyio.Event()
+        connection.tasks.start_soon(
+            self._write_loop, connection, done, name=f"moonpool server writer {connection.source}"
+        )
+
+    async def _write_loop(self, connection: _Connection, done: anyio.Event) -> None:
         try:
-            await write_frames(connection.stream, outbox)
+            await write_frames(connection.stream, connection.outbox)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             connection.abandon()
         finally:
-            outbox.sender = None
-            connection.writer_done.set()
+            done.set()

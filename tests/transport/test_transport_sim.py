@@ -191,6 +191,32 @@ async def test_server_shutdown_while_clients_talk_leaves_no_task(autojump_clock:
     assert _live_moonpool_tasks() == []
 
 
+@pytest.mark.trio
+async def test_a_connection_gets_a_writer_task_only_when_replies_back_up(
+    autojump_clock: object,
+) -> None:
+    """Replies the connection takes at once need no writer task (an idle connection
+    costs a third less memory); a reply larger than the stream's buffer starts one,
+    and it arrives whole."""
+    network = calm()
+    async with trio.open_nursery() as nursery:
+        async with ServerTransport.bind(network.for_host("server"), SERVER) as server:
+            nursery.start_soon(echo_server, server)
+            async with ClientTransport(network) as client:
+                for n in range(20):
+                    assert await client.get_reply(SERVER, b"%d" % n) == b"re:%d" % n
+                tasks = _live_moonpool_tasks()
+                assert any(name.startswith("moonpool server ") for name in tasks)
+                assert not any("write" in name for name in tasks), tasks
+
+                big = bytes(range(256)) * 2048  # 512 KiB: twice the stream's buffer
+                assert await client.get_reply(SERVER, big, timeout=30) == b"re:" + big
+                assert any("moonpool server writer" in name for name in _live_moonpool_tasks())
+                # And the connection goes on working with its writer in place.
+                assert await client.get_reply(SERVER, b"after") == b"re:after"
+            nursery.cancel_scope.cancel()
+
+
 def _live_moonpool_tasks() -> list[str]:
     root = trio.lowlevel.current_root_task()
     assert root is not None
