@@ -816,14 +816,16 @@ def run(settings: Settings) -> Outcome:
         notes=[
             "servers and clients run in the same process and the same event loop (one "
             "core does both sides' work); loopback 127.0.0.1 only; TCP_NODELAY on both sides",
-            "moonpool: RealNetwork + ServerTransport echoing request.payload with "
-            "send_reply, ClientTransport.get_reply (64 tasks for the pipelined case)",
+            "moonpool: RealNetwork + ServerTransport.serve() with a handler returning "
+            "request.payload, ClientTransport.get_reply (64 tasks for the pipelined case)",
             "baseline server: 64 KiB reads, parse [u64][u32][payload] frames, one write of "
             f"all reply frames per read; pipelined baseline client batches <= {COALESCE} "
             "bytes per write, like moonpool's peer",
             "'vs 64 raw tasks (info)': 64 tasks each send a frame and await their own reply "
             "(event/future per request, dict by id, one writer and one reader task): the "
-            "cost of the task-per-request model without moonpool",
+            "cost of the task-per-request model without moonpool; (64 raw tasks rate) / "
+            "(64 frames outstanding rate) is therefore the most 64 get_reply tasks could "
+            "reach against the pipelined target",
             "the raw sides do more requests per sample than moonpool (rates are per request) "
             "so that their samples are not only a few milliseconds long",
             "memory: tracemalloc (Python heap only, kernel socket buffers excluded); idle "
