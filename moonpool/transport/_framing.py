@@ -136,29 +136,41 @@ class FrameDecoder(Generic[E]):
         ``max_frame_size`` -- before any of that frame's body is waited for -- and
         :class:`SerializationError` for any other malformed frame.
         """
-        self._check_usable()
-        if self._large is not None:
+        if self._error is not None or self._large is not None:
+            self._check_usable()
             return self._next_large_frame()
-        available = len(self._buffer) - self._offset
+        # The common case, kept to as few calls as possible: one per frame to the
+        # serializer for the header, one to decode.
+        buffer = self._buffer
+        start = self._offset
+        available = len(buffer) - start
         size = self._next_size
         if size is None:
-            if available < self._header_size:
+            header_size = self._header_size
+            if available < header_size:
                 return None
-            size = self._read_frame_size()
+            try:
+                size = self._serializer.frame_size(bytes(buffer[start : start + header_size]))
+            except SerializationError as exc:
+                self._poison(exc)
+                raise
+            except Exception as exc:  # a buggy serializer must close just this connection
+                raise self._header_error(exc) from exc
+            if not header_size <= size <= self._max_frame_size:
+                raise self._size_error(size)
             self._next_size = size
         if available < size:
             if size >= LARGE_FRAME_SIZE:
                 # Collect the rest in chunks; the buffer keeps nothing of this frame.
-                self._large = [bytes(self._buffer[self._offset :])]
+                self._large = [bytes(buffer[start:])]
                 self._large_have = available
                 self._buffer = bytearray()
                 self._offset = 0
             return None
-        start = self._offset
         if size <= COPY_FRAME_SIZE:
-            envelope = self._decode(bytes(self._buffer[start : start + size]), size)
+            envelope = self._decode(bytes(buffer[start : start + size]), size)
         else:
-            with memoryview(self._buffer) as view, view[start : start + size] as frame:
+            with memoryview(buffer) as view, view[start : start + size] as frame:
                 envelope = self._decode(frame, size)
         self._offset = start + size
         self._next_size = None
@@ -193,36 +205,30 @@ class FrameDecoder(Generic[E]):
             self._poison(error)
             raise error from exc
 
-    def _read_frame_size(self) -> int:
-        start = self._offset
-        header = bytes(self._buffer[start : start + self._header_size])
-        try:
-            size = self._serializer.frame_size(header)
-        except SerializationError as exc:
-            self._poison(exc)
-            raise
-        except Exception as exc:
-            error = SerializationError(
-                f"{type(self._serializer).__name__}.frame_size raised "
-                f"{type(exc).__name__} on a frame header: {exc}"
-            )
-            self._poison(error)
-            raise error from exc
+    def _header_error(self, exc: Exception) -> SerializationError:
+        """Poison the decoder after ``frame_size`` failed unexpectedly; the error to raise."""
+        error = SerializationError(
+            f"{type(self._serializer).__name__}.frame_size raised "
+            f"{type(exc).__name__} on a frame header: {exc}"
+        )
+        self._poison(error)
+        return error
+
+    def _size_error(self, size: int) -> SerializationError:
+        """Poison the decoder for a declared size out of bounds; the error to raise."""
+        error: SerializationError
         if size > self._max_frame_size:
-            too_large = FrameTooLarge(
+            error = FrameTooLarge(
                 f"frame header declares {size} bytes, above the maximum frame size of "
                 f"{self._max_frame_size} bytes"
             )
-            self._poison(too_large)
-            raise too_large
-        if size < self._header_size:
-            bad = SerializationError(
+        else:
+            error = SerializationError(
                 f"frame header declares {size} bytes, less than the "
                 f"{self._header_size}-byte header itself"
             )
-            self._poison(bad)
-            raise bad
-        return size
+        self._poison(error)
+        return error
 
     def _poison(self, exc: Exception) -> None:
         self._error = f"{type(exc).__name__}: {exc}"

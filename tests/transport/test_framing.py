@@ -271,6 +271,37 @@ def test_header_declaring_less_than_header_is_rejected() -> None:
         decoder.feed(b"abcd")
 
 
+def test_contract_breaking_frame_size_still_yields_serialization_error() -> None:
+    class BadHeader(_BuggySerializer):
+        def frame_size(self, header: bytes | memoryview, /) -> int:
+            if header == b"?":
+                raise IndexError("no such size")
+            return super().frame_size(header)
+
+    decoder: FrameDecoder[bytes] = FrameDecoder(BadHeader())
+    assert decoder.feed(b"\x02ok") == [b"ok"]
+    with pytest.raises(SerializationError, match="frame_size raised IndexError") as info:
+        decoder.feed(b"?")
+    assert isinstance(info.value.__cause__, IndexError)
+    assert decoder.poisoned and decoder.buffered == 0
+    with pytest.raises(SerializationError, match="unusable after an earlier error"):
+        decoder.feed(b"\x02ok")
+
+
+def test_serialization_error_from_frame_size_is_raised_as_is() -> None:
+    refusal = SerializationError("header refused")
+
+    class Refusing(_BuggySerializer):
+        def frame_size(self, header: bytes | memoryview, /) -> int:
+            raise refusal
+
+    decoder: FrameDecoder[bytes] = FrameDecoder(Refusing())
+    with pytest.raises(SerializationError) as info:
+        decoder.feed(b"x")
+    assert info.value is refusal and info.value.__cause__ is None
+    assert decoder.poisoned
+
+
 def test_invalid_configuration() -> None:
     with pytest.raises(ValueError, match="smaller than the serializer's 12-byte header"):
         FrameDecoder(RR, max_frame_size=11)
