@@ -273,16 +273,13 @@ class TransportProtocol(Generic[E]):
         correlation_id = self._next_correlation_id
         self._next_correlation_id += 1
         frame = self._serializer.serialize(self._envelope.create_request(correlation_id, payload))
-        pending = _Pending(
-            correlation_id=correlation_id,
-            destination=destination,
-            frame=frame,
-            timeout=timeout,
-            deadline=now + timeout,
-        )
+        pending = _Pending(correlation_id, destination, frame, timeout, now + timeout)
         pending.deadline_seq = self._push_timer(pending.deadline, correlation_id)
         self._pending[correlation_id] = pending
-        self._by_destination.setdefault(destination, {})[correlation_id] = None
+        ids = self._by_destination.get(destination)
+        if ids is None:
+            ids = self._by_destination[destination] = {}
+        ids[correlation_id] = None
         self._transmits.append((Transmit(destination, frame), correlation_id))
         self.stats.requests_started += 1
         return correlation_id
