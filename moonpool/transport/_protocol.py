@@ -3,8 +3,9 @@
 :class:`TransportProtocol` knows everything about requests, replies, correlation
 ids, deadlines and retries, and nothing about sockets, tasks or clocks. Bytes and
 the current time go in (:meth:`~TransportProtocol.handle_received`,
-:meth:`~TransportProtocol.handle_timeout`); frames to send, received requests and
-finished requests come out of ``poll_*`` methods. An I/O driver (trio, asyncio or
+:meth:`~TransportProtocol.handle_timeout`); request frames to send, received
+requests and finished requests come out of ``poll_*`` methods, and a reply's frame
+comes straight back from :meth:`~TransportProtocol.send`. An I/O driver (trio, asyncio or
 the simulation) pumps it. Because every input is explicit, the whole protocol is
 tested with plain function calls, and a simulation replays it exactly.
 

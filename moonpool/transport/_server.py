@@ -91,9 +91,9 @@ class _Connection:
         self.outstanding = 0  # requests handed to the application, not yet answered
         self._answered: anyio.Event | None = None
         self.outbox = FrameQueue(queue)
-        # The connection's task group, once it is being served.
+        # The connection's task group while it is being served.
         self.tasks: anyio.abc.TaskGroup | None = None
-        # Set once the writer task runs, and set when it has finished.  Most replies
+        # Created when the writer task is started, set when it has finished.  Most replies
         # leave through the outbox's fast path, so an idle or request/response
         # connection may never need a writer: it is started on the first backlog
         # (a third of an idle connection's memory, measured).
@@ -103,6 +103,13 @@ class _Connection:
         self.outstanding -= 1
         if self.outstanding == 0 and self._answered is not None:
             self._answered.set()
+
+    def shut(self) -> None:
+        """No more replies: the connection is closing (idempotent)."""
+        self.closed = True
+        self.tasks = None
+        self.outbox.sender = None
+        self.outbox.close()
 
     def abandon(self) -> None:
         """The connection can carry no more replies: stop waiting for them."""
@@ -500,18 +507,21 @@ class ServerTransport(Generic[E]):
             async with connection.stream, anyio.create_task_group() as group:
                 connection.tasks = group
                 connection.outbox.sender = nonblocking_sender(connection.stream)
-                if await self._read_loop(connection):
-                    # The client half-closed after its requests: answer them all, let
-                    # the writer drain, then close -- within the drain timeout.
-                    with anyio.move_on_after(self._drain_timeout):
-                        await connection.wait_all_answered()
-                        await connection.wait_all_written()
+                try:
+                    if await self._read_loop(connection):
+                        # The client half-closed after its requests: answer them all,
+                        # let the writer drain, then close -- within the drain timeout.
+                        with anyio.move_on_after(self._drain_timeout):
+                            await connection.wait_all_answered()
+                            await connection.wait_all_written()
+                finally:
+                    # Closed now, before the task group and the stream finish closing:
+                    # both still let other tasks run, and a reply sent meanwhile must
+                    # fail with ConnectionFailed, not try to start a writer there.
+                    connection.shut()
                 group.cancel_scope.cancel()
         finally:
-            connection.closed = True
-            connection.tasks = None
-            connection.outbox.sender = None
-            connection.outbox.close()
+            connection.shut()
             del self._connections[connection.id]
             if not self._protocol.closed:
                 self._protocol.connection_lost(connection.id, now=anyio.current_time())
@@ -567,8 +577,10 @@ class ServerTransport(Generic[E]):
             # by the source the protocol recorded, never by "who is reading now".
             source_id, envelope = item
             origin = self._connections.get(source_id)
-            if origin is None:
-                continue  # its connection closed meanwhile; nobody to answer
+            if origin is None or origin.closed:
+                # Its connection closed meanwhile (say, bad bytes right after this
+                # request): nobody to answer.
+                continue
             self.stats.requests_received += 1
             # Counted before any is handled, so that replies to all but the last
             # of a pipelined batch wait in the outbox and leave in one write.
@@ -621,10 +633,11 @@ class ServerTransport(Generic[E]):
     def _start_writer(self, connection: _Connection) -> None:
         if connection.tasks is None:
             return  # not served yet or any more: its outbox is closed or dropped
-        done = connection.writer_done = anyio.Event()
+        done = anyio.Event()
         connection.tasks.start_soon(
             self._write_loop, connection, done, name=f"moonpool server writer {connection.source}"
         )
+        connection.writer_done = done
 
     async def _write_loop(self, connection: _Connection, done: anyio.Event) -> None:
         try:

@@ -15,6 +15,7 @@ from moonpool.transport import (
     ClientTransport,
     ConnectionFailed,
     ReceivedEnvelope,
+    RequestResponseEnvelope,
     RetryPolicy,
     ServerTransport,
     TransportClosed,
@@ -257,3 +258,70 @@ def msgspec_replace(config: ChaosConfig, **changes: object) -> ChaosConfig:
     import msgspec
 
     return msgspec.structs.replace(config, **changes)
+
+
+# -- a request followed by bad bytes -------------------------------------------------
+
+_PING_FRAME = RequestResponseEnvelope.serializer().serialize(
+    RequestResponseEnvelope.create_request(1, b"ping")
+)
+_BIG_REPLY = b"x" * 300_000  # more than a stream's buffer: the fast path cannot take it all
+
+
+async def big_reply_server(ctx: WorkloadContext) -> None:
+    async def handler(request: ReceivedEnvelope[object]) -> bytes:
+        return _BIG_REPLY
+
+    async with ServerTransport.bind(ctx.network, ctx.address) as server:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.serve, handler)
+            await ctx.shutdown.wait()
+            nursery.cancel_scope.cancel()
+
+
+async def request_then_garbage_client(ctx: WorkloadContext) -> None:
+    """One connection sends a good request and garbage in one write, another a good
+    request at the same instant: the first connection is closed for its bad bytes
+    while its request (and the other's) are being answered."""
+    await trio.sleep(0.05)
+    try:
+        bad = await ctx.network.connect(ctx.peers["server"])
+        good = await ctx.network.connect(ctx.peers["server"])
+    except OSError:
+        return  # chaos refused a connect: nothing to check this seed
+    async with bad, good:
+        await trio.sleep(0.1)
+        try:
+            await bad.send(_PING_FRAME + b"\xff" * 16)
+            await good.send(_PING_FRAME)
+            reply = bytearray()
+            with trio.move_on_after(5):
+                while len(reply) < 12 + len(_BIG_REPLY):
+                    reply += await good.receive()
+        except (anyio.BrokenResourceError, anyio.EndOfStream):
+            return  # chaos reset a connection
+        if len(reply) == 12 + len(_BIG_REPLY):
+            always(bytes(reply[12:]) == _BIG_REPLY, "the good connection gets its whole reply")
+            sometimes(True, "the good connection was answered next to a bad one")
+
+
+# Seeds on which the server crashed before the fix (1 in 200 under default chaos).
+BAD_BYTES_REGRESSION_SEEDS = [38991381]
+
+
+@pytest.mark.parametrize("seeds", [BAD_BYTES_REGRESSION_SEEDS, None], ids=["regression", "random"])
+def test_bad_bytes_after_a_request_close_only_their_connection(seeds: list[int] | None) -> None:
+    """Regression: replying on a connection that was closing (bad bytes) tried to start
+    a writer in its finished task group, and the RuntimeError took the server down."""
+    builder = (
+        SimulationBuilder()
+        .set_chaos(ChaosConfig.default())
+        .enable_buggify()
+        .register_workload("server", big_reply_server)
+        .register_workload("client", request_then_garbage_client)
+    )
+    if seeds is None:
+        builder = builder.set_iteration_control(FixedCount(40))
+    else:
+        builder = builder.set_seeds(seeds)
+    builder.run().assert_success()
