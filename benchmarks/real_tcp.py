@@ -95,8 +95,10 @@ SCENARIOS: Final = (
     Scenario("trio", "pipelined", 256 * KiB, 640, baseline_factor=2),
     Scenario("asyncio", "sequential", 16, 3000, baseline_factor=4),
     Scenario("asyncio", "sequential", 4 * KiB, 3000, baseline_factor=4),
+    Scenario("asyncio", "sequential", 256 * KiB, 600, baseline_factor=2),
     Scenario("asyncio", "pipelined", 16, 6400, baseline_factor=16),
     Scenario("asyncio", "pipelined", 4 * KiB, 6400, baseline_factor=8),
+    Scenario("asyncio", "pipelined", 256 * KiB, 640, baseline_factor=2),
 )
 
 
