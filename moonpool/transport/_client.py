@@ -34,6 +34,9 @@ __all__ = ["ClientTransport"]
 
 DEFAULT_TIMEOUT = 5.0
 
+# A tuple, not ``bytes | bytearray | memoryview``: that builds a union per call.
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
 
 def transport_random() -> random.Random:
     """A random stream for one transport instance.
@@ -209,7 +212,7 @@ class ClientTransport:
                 if self._state == "closed"
                 else "ClientTransport is not open: use it as 'async with ClientTransport(...)'"
             )
-        if not isinstance(payload, bytes | bytearray | memoryview):
+        if not isinstance(payload, _BYTES_LIKE):
             raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
         if timeout is None:
             timeout = self._default_timeout
