@@ -88,7 +88,7 @@ class TransportDriver(Generic[E]):
                 self._network,
                 destination,
                 on_data=lambda data: self._received(destination, data),
-                on_lost=lambda reason: self._lost(destination, reason),
+                on_lost=lambda reason, unsent: self._lost(destination, reason, unsent),
                 config=self.peer_config,
                 rng=self._rng,
             )
@@ -113,7 +113,11 @@ class TransportDriver(Generic[E]):
                 # A lone request goes out from the caller's task; with others in
                 # flight, replies come back in batches and the next requests are
                 # better joined into one write by the peer's actor.
-                peer.send(transmit.data, write_now=protocol.pending_count_to(destination) <= 1)
+                peer.send(
+                    transmit.data,
+                    write_now=protocol.pending_count_to(destination) <= 1,
+                    tag=transmit.correlation_id,
+                )
             except SendQueueFull as exc:
                 # The frame's request (if any) will end by its timeout; say why now.
                 self.dropped_transmits += 1
@@ -133,8 +137,10 @@ class TransportDriver(Generic[E]):
         self.protocol.handle_received(destination, data)
         self._dispatch_completions()
 
-    def _lost(self, destination: str, reason: str) -> None:
-        self.protocol.connection_lost(destination, now=anyio.current_time(), reason=reason)
+    def _lost(self, destination: str, reason: str, unsent: list[int]) -> None:
+        self.protocol.connection_lost(
+            destination, now=anyio.current_time(), reason=reason, unsent=unsent
+        )
         self.flush()
 
     async def _run_timers(self) -> None:

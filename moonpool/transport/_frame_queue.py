@@ -49,6 +49,7 @@ class FrameQueue:
         "_closed",
         "_fragment",
         "_frames",
+        "_tags",
         "_waiter",
         "limit",
         "on_sent",
@@ -68,6 +69,9 @@ class FrameQueue:
         #: path must not write then, or the two writes could interleave.
         self.writing = False
         self._frames: deque[bytes] = deque()
+        # The caller's tag for each queued frame (a request's correlation id), kept
+        # in step with _frames: see unsent_tags().
+        self._tags: deque[int | None] = deque()
         # The unwritten tail of a batch the fast path could only partly write: it
         # is already half on the wire, so it goes before any frame.
         self._fragment: tuple[bytes, int] | None = None
@@ -85,14 +89,16 @@ class FrameQueue:
     def full(self) -> bool:
         return len(self._frames) >= self.limit
 
-    def put(self, frame: bytes, *, write_now: bool = False) -> None:
+    def put(self, frame: bytes, *, write_now: bool = False, tag: int | None = None) -> None:
         """Append ``frame``; the caller has checked :attr:`closed` and :attr:`full`.
 
         With ``write_now``, everything queued is written at once from the calling
         task if the connection takes it without waiting (see the module doc);
-        only what is left wakes the writer task.
+        only what is left wakes the writer task.  ``tag`` comes back from
+        :meth:`unsent_tags` if the frame is still queued when the connection ends.
         """
         self._frames.append(frame)
+        self._tags.append(tag)
         if write_now and self.sender is not None and not self.writing and self._fragment is None:
             self._write_now(self.sender)
         else:
@@ -111,10 +117,21 @@ class FrameQueue:
                 self._wake()
                 return
 
+    def unsent_tags(self) -> list[int]:
+        """Tags of the queued frames no write has started on, oldest first.
+
+        Their bytes never reached any connection, so they can go out on the next
+        one as first attempts.  (A batch handed to a ``send`` that failed may or
+        may not have arrived, and the fragment of a short write certainly began
+        to: neither is listed.)
+        """
+        return [tag for tag in self._tags if tag is not None]
+
     def clear(self) -> int:
         """Drop every queued frame (and any unfinished fragment); returns how many."""
         dropped = len(self)
         self._frames.clear()
+        self._tags.clear()
         self._fragment = None
         return dropped
 
@@ -140,14 +157,16 @@ class FrameQueue:
         if fragment is not None:
             self._fragment = None
             return fragment
-        frames = self._frames
+        frames, tags = self._frames, self._tags
         first = frames.popleft()
+        tags.popleft()
         if not frames or len(first) >= COALESCE_BYTES:
             return first, 1
         batch = [first]
         size = len(first)
         while frames and size + len(frames[0]) <= COALESCE_BYTES:
             frame = frames.popleft()
+            tags.popleft()
             batch.append(frame)
             size += len(frame)
         return b"".join(batch), len(batch)

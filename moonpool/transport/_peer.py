@@ -97,9 +97,11 @@ class Peer:
 
     The owner starts :meth:`run` in a task group and stops it by cancelling that
     group (or with :meth:`close`).  ``on_data`` receives every chunk read;
-    ``on_lost`` is called after a connect failure or a broken connection, once the
-    queue has been cleared.  Both run synchronously, so the owner's state never
-    changes under it between two awaits.  ``on_lost`` runs in the actor task.
+    ``on_lost(reason, unsent)`` is called after a connect failure or a broken
+    connection, once the queue has been cleared; ``unsent`` lists the tags (see
+    :meth:`send`) of frames the broken connection never carried.  Both run
+    synchronously, so the owner's state never changes under it between two
+    awaits.  ``on_lost`` runs in the actor task.
     ``on_data`` does too on trio and in simulations; on asyncio, with
     :class:`~moonpool.net.RealNetwork`'s streams, it runs in the event loop's read
     callback (push mode, one loop iteration less per reply), outside any task: it
@@ -113,7 +115,7 @@ class Peer:
         address: str,
         *,
         on_data: Callable[[bytes], None],
-        on_lost: Callable[[str], None],
+        on_lost: Callable[[str, list[int]], None],
         config: PeerConfig | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -141,13 +143,14 @@ class Peer:
     def connected(self) -> bool:
         return self._connected
 
-    def send(self, frame: bytes, *, write_now: bool = False) -> None:
+    def send(self, frame: bytes, *, write_now: bool = False, tag: int | None = None) -> None:
         """Queue ``frame`` for the remote; never blocks.
 
         ``write_now`` writes it from the calling task when the connection is idle
         and takes it at once, instead of waking the actor: right for a lone
         request, wrong for one of many (they would each cost a system call
-        instead of sharing one).
+        instead of sharing one).  ``tag`` (a request's correlation id) is reported
+        to ``on_lost`` if the connection breaks before the frame was written.
 
         Raises :class:`SendQueueFull` when ``max_queued_frames`` are already
         waiting, and :class:`TransportClosed` after :meth:`close`.
@@ -155,7 +158,7 @@ class Peer:
         if self._closed:
             raise TransportClosed(f"peer {self.address} is closed")
         self.check_room()
-        self._queue.put(frame, write_now=write_now)
+        self._queue.put(frame, write_now=write_now, tag=tag)
 
     def check_room(self) -> None:
         """Raise :class:`SendQueueFull` if a ``send`` now would overflow the queue."""
@@ -179,20 +182,33 @@ class Peer:
                 await anyio.sleep(self.config.reconnect_delay(self._failures, self._rng))
                 try:
                     stream = await self._connect()
+                except _ConnectionLost as lost:
+                    self._lose(str(lost), connected=False)
+                    continue
+                try:
                     await self._serve(stream)
                 except _ConnectionLost as lost:
-                    self._lose(str(lost))
+                    self._lose(str(lost), connected=True)
         finally:
             self._connected = False
             self.close()
 
-    def _lose(self, reason: str) -> None:
+    def _lose(self, reason: str, *, connected: bool) -> None:
         self._connected = False
-        # Frames queued for the lost connection go with it; the protocol decides
-        # which requests to resend (on_lost), on the next connection.
+        # The queue goes with the connection.  Frames a write had begun on may have
+        # arrived: the protocol decides whether to resend those (on_lost).  Frames
+        # never handed to the lost connection are reported as unsent, and go out
+        # again on the next one -- unless there was no connection at all: then
+        # the remote cannot be reached, and their requests fail or retry by policy.
+        unsent = self._queue.unsent_tags() if connected else []
         self.stats.frames_dropped += self._queue.clear()
+        if connected:
+            # Back off before the next connection unless this one got an answer
+            # (on_data resets the count): a remote that accepts and hangs up at
+            # once must not get the unsent frames back in a tight reconnect loop.
+            self._failures += 1
         log.debug("peer %s: %s", self.address, reason)
-        self._on_lost(reason)
+        self._on_lost(reason, unsent)
 
     async def _connect(self) -> anyio.abc.ByteStream:
         try:
@@ -206,7 +222,6 @@ class Peer:
             if isinstance(exc, TimeoutError) and not str(exc):
                 detail = f"connect timed out after {self.config.connect_timeout}s"
             raise _ConnectionLost(f"cannot connect to {self.address}: {detail}") from exc
-        self._failures = 0
         self._connected = True
         self.stats.connects += 1
         return stream
@@ -218,6 +233,7 @@ class Peer:
         async with stream, anyio.create_task_group() as group:
 
             def on_data(data: bytes) -> None:
+                self._failures = 0  # the remote answers: this connection works
                 self.stats.bytes_received += len(data)
                 self._on_data(data)
 

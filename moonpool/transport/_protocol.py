@@ -19,6 +19,7 @@ import heapq
 import math
 import random
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar, cast, final
 
@@ -43,10 +44,16 @@ E = TypeVar("E", bound=Envelope)
 
 
 class Transmit(NamedTuple):
-    """Bytes the driver must write to the connection for ``destination``."""
+    """Bytes the driver must write to the connection for ``destination``.
+
+    ``correlation_id`` names the request the frame carries: a driver that still
+    holds the frame unwritten when the connection is lost hands it back through
+    :meth:`TransportProtocol.connection_lost` (``unsent``).
+    """
 
     destination: str
     data: bytes
+    correlation_id: int | None = None
 
 
 class Completion(NamedTuple):
@@ -185,7 +192,7 @@ class TransportProtocol(Generic[E]):
         self._closed = False
 
         # (transmit, correlation id of the request it carries)
-        self._transmits: deque[tuple[Transmit, int]] = deque()
+        self._transmits: deque[Transmit] = deque()
         self._received: deque[tuple[str, E]] = deque()
         self._completions: deque[Completion] = deque()
         self._decoders: dict[str, FrameDecoder[E]] = {}
@@ -281,7 +288,7 @@ class TransportProtocol(Generic[E]):
         if ids is None:
             ids = self._by_destination[destination] = {}
         ids[correlation_id] = None
-        self._transmits.append((Transmit(destination, frame), correlation_id))
+        self._transmits.append(Transmit(destination, frame, correlation_id))
         self.stats.requests_started += 1
         return correlation_id
 
@@ -302,8 +309,9 @@ class TransportProtocol(Generic[E]):
         expired) are skipped: nobody is waiting for their answer.
         """
         while self._transmits:
-            transmit, correlation_id = self._transmits.popleft()
-            pending = self._pending.get(correlation_id)
+            transmit = self._transmits.popleft()
+            # Every queued transmit names its request (the field is optional for callers).
+            pending = self._pending.get(transmit.correlation_id)  # type: ignore[arg-type]
             if pending is None:
                 continue
             pending.on_wire = True
@@ -382,15 +390,19 @@ class TransportProtocol(Generic[E]):
 
     # ------------------------------------------------------------------ failures & time
 
-    def connection_lost(self, source: str, *, now: float, reason: str = "") -> None:
+    def connection_lost(
+        self, source: str, *, now: float, reason: str = "", unsent: Iterable[int] = ()
+    ) -> None:
         """The connection for ``source`` is gone (closed, broken, or never opened).
 
-        Its partial frame is discarded. Each request to that destination whose
-        latest attempt was already handed out is retried after a backoff (same
-        correlation id) if the retry policy allows another attempt before its
-        deadline, and otherwise completed with :class:`ConnectionFailed`. Requests
-        still waiting in the transmit queue or for a retry are untouched: the lost
-        connection never carried them.
+        Its partial frame is discarded. ``unsent`` lists requests whose frames the
+        driver was still holding, never written to the connection: they are queued
+        again for the next one, as the same attempt (nothing was lost).  Every
+        other request to that destination whose latest attempt was handed out is
+        retried after a backoff (same correlation id) if the retry policy allows
+        another attempt before its deadline, and otherwise completed with
+        :class:`ConnectionFailed`. Requests still waiting in the transmit queue or
+        for a retry are untouched: the lost connection never carried them.
         """
         self._decoders.pop(source, None)
         if self._received:
@@ -400,6 +412,11 @@ class TransportProtocol(Generic[E]):
         ids = self._by_destination.get(source)
         if not ids:
             return
+        for correlation_id in unsent:
+            pending = self._pending.get(correlation_id)
+            if pending is not None and pending.on_wire and pending.destination == source:
+                pending.on_wire = False
+                self._transmits.append(Transmit(source, pending.frame, correlation_id))
         for correlation_id in list(ids):
             pending = self._pending[correlation_id]
             if not pending.on_wire:
@@ -437,9 +454,7 @@ class TransportProtocol(Generic[E]):
                 pending.retry_seq = -1
                 pending.attempts += 1
                 self.stats.retries += 1
-                self._transmits.append(
-                    (Transmit(pending.destination, pending.frame), correlation_id)
-                )
+                self._transmits.append(Transmit(pending.destination, pending.frame, correlation_id))
             elif seq == pending.deadline_seq:
                 self._remove(correlation_id)
                 self.stats.timeouts += 1

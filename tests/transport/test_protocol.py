@@ -61,7 +61,7 @@ def test_start_request_queues_the_serialized_request() -> None:
     assert proto.is_pending(cid)
     assert proto.pending_to(SERVER) == [cid]
     assert drain_transmits(proto) == [
-        Transmit(SERVER, b"\x01" + b"\x00" * 7 + b"\x04\x00\x00\x00PING")
+        Transmit(SERVER, b"\x01" + b"\x00" * 7 + b"\x04\x00\x00\x00PING", cid)
     ]
     assert proto.poll_transmit() is None
     assert proto.stats.requests_started == 1
@@ -281,6 +281,42 @@ def test_connection_lost_fails_in_flight_requests_to_that_destination_only() -> 
     assert "attempt 1 of 1" in str(completion.error)
     assert proto.is_pending(b)
     assert proto.stats.connection_failures == 1
+
+
+def test_connection_lost_requeues_requests_the_driver_never_wrote() -> None:
+    """Frames still queued in the driver when the connection broke never reached
+    the remote: they go out again as the same attempt, and do not fail."""
+    proto = TransportProtocol(RequestResponseEnvelope)  # max_attempts=1: no retries
+    written = proto.start_request(SERVER, b"on the wire", now=0.0, timeout=5.0)
+    queued_a = proto.start_request(SERVER, b"queued a", now=0.0, timeout=5.0)
+    queued_b = proto.start_request(SERVER, b"queued b", now=0.0, timeout=5.0)
+    other = proto.start_request(OTHER, b"elsewhere", now=0.0, timeout=5.0)
+    assert [t.correlation_id for t in drain_transmits(proto)] == [
+        written,
+        queued_a,
+        queued_b,
+        other,
+    ]
+    # Unknown ids and another destination's ids in ``unsent`` are ignored.
+    proto.connection_lost(SERVER, now=1.0, unsent=[queued_a, queued_b, other, 999_999])
+    (failed,) = drain_completions(proto)
+    assert failed.correlation_id == written
+    assert isinstance(failed.error, ConnectionFailed)
+    again = drain_transmits(proto)
+    assert [(t.destination, t.correlation_id) for t in again] == [
+        (SERVER, queued_a),
+        (SERVER, queued_b),
+    ]
+    assert again[0].data == reply_bytes(queued_a, b"queued a")  # same wire format
+    assert proto.stats.retries == 0 and proto.stats.connection_failures == 1
+    # Still first attempts: the next loss fails them (max_attempts=1), the reply
+    # on a new connection completes them.
+    proto.handle_received(SERVER, reply_bytes(queued_a, b"A"))
+    assert drain_completions(proto) == [Completion(queued_a, b"A", None)]
+    proto.connection_lost(SERVER, now=2.0)
+    (lost,) = drain_completions(proto)
+    assert lost.correlation_id == queued_b and "attempt 1 of 1" in str(lost.error)
+    assert proto.is_pending(other)
 
 
 def test_connection_lost_discards_partial_frame() -> None:

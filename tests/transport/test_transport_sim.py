@@ -21,7 +21,9 @@ from moonpool.transport import (
     CheckedEnvelope,
     ClientTransport,
     ConnectionFailed,
+    FrameDecoder,
     PeerConfig,
+    RequestResponseEnvelope,
     RetryPolicy,
     SendQueueFull,
     ServerTransport,
@@ -232,6 +234,49 @@ async def _drain(stream: anyio.abc.ByteStream) -> None:
     """Read until the stream ends (raising how it ended)."""
     while True:
         await stream.receive()
+
+
+@pytest.mark.trio
+async def test_requests_queued_behind_a_broken_connection_go_out_on_the_next(
+    autojump_clock: object,
+) -> None:
+    """Frames the peer still held when its connection broke never reached the server:
+    they are sent on the next connection as first attempts.  Without retries
+    (max_attempts=1) only the request that was on the wire fails."""
+    network = calm()
+    serializer = RequestResponseEnvelope.serializer()
+    results: dict[str, bytes | TransportError] = {}
+    async with await network.for_host("server").listen(SERVER) as listener:
+        async with ClientTransport(network) as client, trio.open_nursery() as nursery:
+
+            async def call(name: str, payload: bytes) -> None:
+                try:
+                    results[name] = await client.get_reply(SERVER, payload, timeout=30)
+                except TransportError as exc:
+                    results[name] = exc
+
+            # Twice the stream's buffer, and nobody reads: the peer's writer blocks.
+            nursery.start_soon(call, "big", b"x" * (512 * 1024))
+            stalled = await listener.accept()
+            await trio.sleep(1)
+            for n in range(3):
+                nursery.start_soon(call, f"small {n}", b"%d" % n)
+            await trio.sleep(1)  # queued in the peer behind the big one
+            assert client.pending == 4
+            await stalled.aclose()  # the connection breaks under all four
+            with trio.fail_after(10):
+                fresh = await listener.accept()
+                decoder: FrameDecoder[RequestResponseEnvelope] = FrameDecoder(serializer)
+                answered = 0
+                async with fresh:
+                    while answered < 3:
+                        for request in decoder.feed(await fresh.receive()):
+                            reply = request.create_reply(b"re:" + request.payload)
+                            await fresh.send(serializer.serialize(reply))
+                            answered += 1
+                    # The callers (in the nursery) get their replies before it closes.
+    assert isinstance(results["big"], ConnectionFailed)
+    assert [results[f"small {n}"] for n in range(3)] == [b"re:0", b"re:1", b"re:2"]
 
 
 @pytest.mark.trio
