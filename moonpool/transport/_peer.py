@@ -130,6 +130,7 @@ class Peer:
         self._closed = False
         self._connected = False
         self._failures = 0
+        self._answered = False  # whether the current connection delivered good bytes
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "connected" if self._connected else "idle"
@@ -201,12 +202,12 @@ class Peer:
         # again on the next one -- unless there was no connection at all: then
         # the remote cannot be reached, and their requests fail or retry by policy.
         unsent = self._queue.unsent_tags() if connected else []
-        self.stats.frames_dropped += self._queue.clear()
+        self.stats.frames_dropped += self._queue.clear() - len(unsent)
         if connected:
-            # Back off before the next connection unless this one got an answer
-            # (on_data resets the count): a remote that accepts and hangs up at
-            # once must not get the unsent frames back in a tight reconnect loop.
-            self._failures += 1
+            # A connection that got a good answer resets the backoff; one that did
+            # not counts as a failure, so a remote that accepts and hangs up at once
+            # (or answers garbage) is not reconnected to in a tight loop.
+            self._failures = 0 if self._answered else self._failures + 1
         log.debug("peer %s: %s", self.address, reason)
         self._on_lost(reason, unsent)
 
@@ -223,6 +224,7 @@ class Peer:
                 detail = f"connect timed out after {self.config.connect_timeout}s"
             raise _ConnectionLost(f"cannot connect to {self.address}: {detail}") from exc
         self._connected = True
+        self._answered = False
         self.stats.connects += 1
         return stream
 
@@ -233,9 +235,9 @@ class Peer:
         async with stream, anyio.create_task_group() as group:
 
             def on_data(data: bytes) -> None:
-                self._failures = 0  # the remote answers: this connection works
                 self.stats.bytes_received += len(data)
                 self._on_data(data)
+                self._answered = True  # and its bytes made sense
 
             async def reader() -> None:
                 try:

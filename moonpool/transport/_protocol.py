@@ -141,6 +141,10 @@ class _Pending:
     # True once poll_transmit handed the latest attempt to the driver: only then
     # can a lost connection have lost it.
     on_wire: bool = False
+    # True once the driver handed this attempt back unwritten (connection_lost's
+    # ``unsent``): it is put back once, not again, so that a remote that keeps
+    # hanging up cannot keep it cycling until its deadline.
+    requeued: bool = False
     retry_at: float | None = None
     # Sequence numbers of this request's live heap entries (lazy deletion).
     deadline_seq: int = -1
@@ -397,7 +401,8 @@ class TransportProtocol(Generic[E]):
 
         Its partial frame is discarded. ``unsent`` lists requests whose frames the
         driver was still holding, never written to the connection: they are queued
-        again for the next one, as the same attempt (nothing was lost).  Every
+        again for the next one, as the same attempt (nothing was lost) -- once; a
+        request handed back unwritten a second time is treated as lost.  Every
         other request to that destination whose latest attempt was handed out is
         retried after a backoff (same correlation id) if the retry policy allows
         another attempt before its deadline, and otherwise completed with
@@ -412,11 +417,21 @@ class TransportProtocol(Generic[E]):
         ids = self._by_destination.get(source)
         if not ids:
             return
+        stats = self.stats
         for correlation_id in unsent:
             pending = self._pending.get(correlation_id)
-            if pending is not None and pending.on_wire and pending.destination == source:
+            if (
+                pending is not None
+                and pending.on_wire
+                and pending.destination == source
+                and not pending.requeued
+            ):
                 pending.on_wire = False
+                pending.requeued = True
                 self._transmits.append(Transmit(source, pending.frame, correlation_id))
+                # Not sent after all: poll_transmit counts it when it goes out again.
+                stats.envelopes_sent -= 1
+                stats.bytes_sent -= len(pending.frame)
         for correlation_id in list(ids):
             pending = self._pending[correlation_id]
             if not pending.on_wire:

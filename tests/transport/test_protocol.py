@@ -309,6 +309,8 @@ def test_connection_lost_requeues_requests_the_driver_never_wrote() -> None:
     ]
     assert again[0].data == reply_bytes(queued_a, b"queued a")  # same wire format
     assert proto.stats.retries == 0 and proto.stats.connection_failures == 1
+    # Each frame counts as sent once, however often the driver handed it back.
+    assert proto.stats.envelopes_sent == 4
     # Still first attempts: the next loss fails them (max_attempts=1), the reply
     # on a new connection completes them.
     proto.handle_received(SERVER, reply_bytes(queued_a, b"A"))
@@ -317,6 +319,22 @@ def test_connection_lost_requeues_requests_the_driver_never_wrote() -> None:
     (lost,) = drain_completions(proto)
     assert lost.correlation_id == queued_b and "attempt 1 of 1" in str(lost.error)
     assert proto.is_pending(other)
+
+
+def test_a_request_handed_back_unwritten_twice_is_lost_like_any_other() -> None:
+    """A remote that keeps hanging up before a frame goes out must not keep the
+    request cycling until its deadline: the second time, the policy decides."""
+    proto = TransportProtocol(RequestResponseEnvelope, retry=RetryPolicy(max_attempts=2))
+    cid = proto.start_request(SERVER, b"x", now=0.0, timeout=5.0)
+    drain_transmits(proto)
+    proto.connection_lost(SERVER, now=0.1, unsent=[cid])
+    assert [t.correlation_id for t in drain_transmits(proto)] == [cid]
+    proto.connection_lost(SERVER, now=0.2, unsent=[cid])
+    assert drain_transmits(proto) == []  # not put back again: a retry after a backoff
+    assert proto.stats.retries == 0
+    proto.handle_timeout(proto.poll_timeout() or 0.0)
+    assert [t.correlation_id for t in drain_transmits(proto)] == [cid]
+    assert proto.stats.retries == 1
 
 
 def test_connection_lost_discards_partial_frame() -> None:

@@ -280,6 +280,45 @@ async def test_requests_queued_behind_a_broken_connection_go_out_on_the_next(
 
 
 @pytest.mark.trio
+async def test_a_server_that_hangs_up_at_once_fails_queued_requests_promptly(
+    autojump_clock: object,
+) -> None:
+    """Like a server at its connection limit: each connection carries one write at
+    most, so frames queued behind it come back unwritten.  They get one more
+    connection, not one per frame until their deadline, and no reconnect storm."""
+    network = calm()
+    accepted = 0
+    results: list[BaseException | bytes] = []
+    async with await network.for_host("server").listen(SERVER) as listener:
+
+        async def hang_up() -> None:
+            nonlocal accepted
+            while True:
+                stream = await listener.accept()
+                accepted += 1
+                await stream.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hang_up)
+            async with ClientTransport(network) as client, trio.open_nursery() as callers:
+
+                async def call(n: int) -> None:
+                    try:
+                        results.append(await client.get_reply(SERVER, bytes(200_000), timeout=10))
+                    except TransportError as exc:
+                        results.append(exc)
+
+                started = trio.current_time()
+                for n in range(20):
+                    callers.start_soon(call, n)
+            assert trio.current_time() - started < 1.0
+            nursery.cancel_scope.cancel()
+    assert len(results) == 20
+    assert all(isinstance(result, ConnectionFailed) for result in results), results
+    assert accepted <= 3
+
+
+@pytest.mark.trio
 async def test_bad_bytes_close_only_that_connection(
     autojump_clock: object, caplog: pytest.LogCaptureFixture
 ) -> None:
