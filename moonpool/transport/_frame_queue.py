@@ -49,7 +49,6 @@ class FrameQueue:
         "_closed",
         "_fragment",
         "_frames",
-        "_tags",
         "_waiter",
         "limit",
         "on_sent",
@@ -68,10 +67,8 @@ class FrameQueue:
         #: True while the writer task is inside ``await stream.send()``: the fast
         #: path must not write then, or the two writes could interleave.
         self.writing = False
-        self._frames: deque[bytes] = deque()
-        # The caller's tag for each queued frame (a request's correlation id), kept
-        # in step with _frames: see unsent_tags().
-        self._tags: deque[int | None] = deque()
+        # (frame, the caller's tag: a request's correlation id, see unsent_tags())
+        self._frames: deque[tuple[bytes, int | None]] = deque()
         # The unwritten tail of a batch the fast path could only partly write: it
         # is already half on the wire, so it goes before any frame.
         self._fragment: tuple[bytes, int] | None = None
@@ -97,8 +94,7 @@ class FrameQueue:
         only what is left wakes the writer task.  ``tag`` comes back from
         :meth:`unsent_tags` if the frame is still queued when the connection ends.
         """
-        self._frames.append(frame)
-        self._tags.append(tag)
+        self._frames.append((frame, tag))
         if write_now and self.sender is not None and not self.writing and self._fragment is None:
             self._write_now(self.sender)
         else:
@@ -125,13 +121,12 @@ class FrameQueue:
         may not have arrived, and the fragment of a short write certainly began
         to: neither is listed.)
         """
-        return [tag for tag in self._tags if tag is not None]
+        return [tag for _, tag in self._frames if tag is not None]
 
     def clear(self) -> int:
         """Drop every queued frame (and any unfinished fragment); returns how many."""
         dropped = len(self)
         self._frames.clear()
-        self._tags.clear()
         self._fragment = None
         return dropped
 
@@ -157,16 +152,14 @@ class FrameQueue:
         if fragment is not None:
             self._fragment = None
             return fragment
-        frames, tags = self._frames, self._tags
-        first = frames.popleft()
-        tags.popleft()
+        frames = self._frames
+        first = frames.popleft()[0]
         if not frames or len(first) >= COALESCE_BYTES:
             return first, 1
         batch = [first]
         size = len(first)
-        while frames and size + len(frames[0]) <= COALESCE_BYTES:
-            frame = frames.popleft()
-            tags.popleft()
+        while frames and size + len(frames[0][0]) <= COALESCE_BYTES:
+            frame = frames.popleft()[0]
             batch.append(frame)
             size += len(frame)
         return b"".join(batch), len(batch)
