@@ -131,6 +131,18 @@ class FrameBuffer:
             del buffer[:offset]
         return frames
 
+    def take_in_order(self, data: bytes, first: int) -> int:
+        """Feed received bytes; how many replies completed, checked to carry the ids
+        ``first``, ``first + 1``, ... (empty ``data`` means the server hung up)."""
+        if not data:
+            raise ConnectionError("server closed the connection")
+        got = 0
+        for cid, _ in self.feed(data):
+            if cid != first + got:
+                raise AssertionError(f"reply {cid} out of order")
+            got += 1
+        return got
+
     def echo(self, data: bytes) -> bytes:
         """Reply frames (same id, same payload) for every complete request in ``data``."""
         pack = _HEADER.pack
@@ -194,12 +206,7 @@ class RawTrioClient:
         got = 0
         while got < count:
             data = await self.stream.receive_some(RECEIVE_SIZE)
-            if not data:
-                raise ConnectionError("server closed the connection")
-            for cid, _ in self.frames.feed(data):
-                if cid != first + got:
-                    raise AssertionError(f"reply {cid} out of order")
-                got += 1
+            got += self.frames.take_in_order(data, first + got)
 
     async def sequential(self, payload: bytes, count: int) -> float:
         pack, size, stream = _HEADER.pack, len(payload), self.stream
@@ -228,12 +235,7 @@ class RawTrioClient:
         async def reader() -> None:
             while window.received < count:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
-                if not data:
-                    raise ConnectionError("server closed the connection")
-                for cid, _ in self.frames.feed(data):
-                    if cid != window.received:
-                        raise AssertionError(f"reply {cid} out of order")
-                    window.received += 1
+                window.received += self.frames.take_in_order(data, window.received)
                 if wake:
                     wake.pop().set()
 
@@ -338,12 +340,7 @@ class RawAsyncioClient:
         got = 0
         while got < count:
             data = await self.reader.read(RECEIVE_SIZE)
-            if not data:
-                raise ConnectionError("server closed the connection")
-            for cid, _ in self.frames.feed(data):
-                if cid != first + got:
-                    raise AssertionError(f"reply {cid} out of order")
-                got += 1
+            got += self.frames.take_in_order(data, first + got)
 
     async def sequential(self, payload: bytes, count: int) -> float:
         pack, size, writer = _HEADER.pack, len(payload), self.writer
@@ -374,12 +371,7 @@ class RawAsyncioClient:
         async def reader() -> None:
             while window.received < count:
                 data = await self.reader.read(RECEIVE_SIZE)
-                if not data:
-                    raise ConnectionError("server closed the connection")
-                for cid, _ in self.frames.feed(data):
-                    if cid != window.received:
-                        raise AssertionError(f"reply {cid} out of order")
-                    window.received += 1
+                window.received += self.frames.take_in_order(data, window.received)
                 if wake:
                     wake.pop().set()
 

@@ -167,12 +167,7 @@ class AsyncioSocketStream(anyio.abc.SocketStream):
             # No wait ahead, so no other place to notice a cancellation.
             await anyio.lowlevel.checkpoint_if_cancelled()
         while not chunks:
-            if self._closed:
-                raise anyio.ClosedResourceError
-            if protocol.error is not None:
-                raise anyio.BrokenResourceError from protocol.error
-            if protocol.eof or protocol.lost:
-                raise anyio.EndOfStream
+            self._check_readable()
             waiter = protocol.read_waiter = asyncio.get_running_loop().create_future()
             self._receiving = True
             try:
@@ -226,12 +221,7 @@ class AsyncioSocketStream(anyio.abc.SocketStream):
                 if error is not None:
                     protocol.consumer_error = None
                     raise error
-                if self._closed:
-                    raise anyio.ClosedResourceError
-                if protocol.error is not None:
-                    raise anyio.BrokenResourceError from protocol.error
-                if protocol.eof or protocol.lost:
-                    raise anyio.EndOfStream
+                self._check_readable()
                 waiter = protocol.read_waiter = asyncio.get_running_loop().create_future()
                 await waiter
         finally:
@@ -284,6 +274,16 @@ class AsyncioSocketStream(anyio.abc.SocketStream):
         except (RuntimeError, OSError):
             return 0
         return len(data)
+
+    def _check_readable(self) -> None:
+        """Raise how the stream ended, if it has (nothing buffered is assumed)."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        protocol = self._protocol
+        if protocol.error is not None:
+            raise anyio.BrokenResourceError from protocol.error
+        if protocol.eof or protocol.lost:
+            raise anyio.EndOfStream
 
     def _check_writable(self) -> None:
         if self._closed:

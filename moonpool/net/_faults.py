@@ -55,7 +55,6 @@ class PartitionTimeline:
         self._mean_interval = mean_interval
         self._duration = duration
         self._hosts = hosts
-        self._generated_until = 0.0
         self._next_start = rng.expovariate(1.0 / mean_interval) if mean_interval else None
         self.active: list[Partition] = []
         self.generated = 0

@@ -75,10 +75,6 @@ class IterationResult:
     run: SimRun
 
 
-class _Abort(Exception):
-    """Internal: carries why the supervisor ended the iteration."""
-
-
 def _describe_waiting_tasks(
     root: trio.lowlevel.Task | None, index: dict[trio.lowlevel.Task, int]
 ) -> str:

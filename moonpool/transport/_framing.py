@@ -155,7 +155,7 @@ class FrameDecoder(Generic[E]):
                 self._poison(exc)
                 raise
             except Exception as exc:  # a buggy serializer must close just this connection
-                raise self._header_error(exc) from exc
+                raise self._serializer_bug("frame_size", exc, "a frame header") from exc
             if not header_size <= size <= self._max_frame_size:
                 raise self._size_error(size)
             self._next_size = size
@@ -198,18 +198,14 @@ class FrameDecoder(Generic[E]):
             self._poison(exc)
             raise
         except Exception as exc:  # a buggy serializer must still close just this connection
-            error = SerializationError(
-                f"{type(self._serializer).__name__}.deserialize raised "
-                f"{type(exc).__name__} on a {size}-byte frame: {exc}"
-            )
-            self._poison(error)
-            raise error from exc
+            raise self._serializer_bug("deserialize", exc, f"a {size}-byte frame") from exc
 
-    def _header_error(self, exc: Exception) -> SerializationError:
-        """Poison the decoder after ``frame_size`` failed unexpectedly; the error to raise."""
+    def _serializer_bug(self, method: str, exc: Exception, what: str) -> SerializationError:
+        """Poison the decoder after the serializer raised something other than
+        :class:`SerializationError`; the error to raise instead."""
         error = SerializationError(
-            f"{type(self._serializer).__name__}.frame_size raised "
-            f"{type(exc).__name__} on a frame header: {exc}"
+            f"{type(self._serializer).__name__}.{method} raised "
+            f"{type(exc).__name__} on {what}: {exc}"
         )
         self._poison(error)
         return error

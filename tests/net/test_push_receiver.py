@@ -10,6 +10,7 @@ the end of the stream raises what ``receive()`` would, and an error from
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import anyio
 import anyio.abc
@@ -19,7 +20,8 @@ import trio
 import trio.testing
 
 from moonpool.net import ChaosConfig, RealNetwork, SimNetwork
-from moonpool.net._nowait import push_receiver
+from moonpool.net._nowait import PushReceiver, push_receiver
+from tests.net.test_nowait import real_pair
 
 TIMEOUT = 10.0
 
@@ -31,21 +33,13 @@ def anyio_backend() -> str:
     return "asyncio"  # the only backend whose RealNetwork streams push
 
 
-async def real_pair() -> tuple[anyio.abc.ByteStream, anyio.abc.ByteStream]:
-    network = RealNetwork()
-    async with await network.listen("127.0.0.1:0") as listener:
-        client = await network.connect(listener.address)
-        server = await listener.accept()
-    return client, server
+def receiver_of(stream: anyio.abc.ByteStream) -> PushReceiver:
+    receive_into = push_receiver(stream)
+    assert receive_into is not None, f"no push receiver for {stream!r}"
+    return receive_into
 
 
-def collector() -> tuple[list[bytes], object]:
-    chunks: list[bytes] = []
-    return chunks, chunks.append
-
-
-async def wait_for(condition: object, what: str) -> None:
-    assert callable(condition)
+async def wait_for(condition: Callable[[], object]) -> None:
     with anyio.fail_after(TIMEOUT):
         while not condition():  # noqa: ASYNC110 -- state changed by loop callbacks
             await anyio.sleep(0.001)
@@ -55,13 +49,12 @@ async def wait_for(condition: object, what: str) -> None:
 async def test_every_byte_once_in_order_then_end_of_stream() -> None:
     client, server = await real_pair()
     async with client, server:
-        receive_into = push_receiver(server)
-        assert receive_into is not None
+        receive_into = receiver_of(server)
         rng = random.Random(7)
         messages = [rng.randbytes(rng.randrange(1, 5000)) for _ in range(300)]
         # Some bytes are buffered before delivery starts: they come first.
         await client.send(messages[0])
-        await wait_for(lambda: server._protocol.buffered > 0, "bytes buffered")  # type: ignore[attr-defined]
+        await wait_for(lambda: server._protocol.buffered > 0)  # type: ignore[attr-defined]
         received = bytearray()
 
         async def write_rest() -> None:
@@ -86,8 +79,7 @@ async def test_every_byte_once_in_order_then_end_of_stream() -> None:
 async def test_error_from_on_data_is_raised_and_later_bytes_are_kept() -> None:
     client, server = await real_pair()
     async with client, server:
-        receive_into = push_receiver(server)
-        assert receive_into is not None
+        receive_into = receiver_of(server)
         seen: list[bytes] = []
 
         def on_data(data: bytes) -> None:
@@ -96,7 +88,7 @@ async def test_error_from_on_data_is_raised_and_later_bytes_are_kept() -> None:
 
         async def write() -> None:
             await client.send(b"first")
-            await wait_for(lambda: seen, "first chunk delivered")
+            await wait_for(lambda: seen)
             await client.send(b"second")
 
         with anyio.fail_after(TIMEOUT):
@@ -112,8 +104,7 @@ async def test_error_from_on_data_is_raised_and_later_bytes_are_kept() -> None:
 async def test_cancelled_delivery_loses_nothing() -> None:
     client, server = await real_pair()
     async with client, server:
-        receive_into = push_receiver(server)
-        assert receive_into is not None
+        receive_into = receiver_of(server)
         chunks: list[bytes] = []
         with anyio.move_on_after(0.05) as scope:
             async with anyio.create_task_group() as group:
@@ -137,8 +128,7 @@ async def test_bytes_arriving_as_delivery_is_cancelled_are_neither_lost_nor_swal
     ``on_data``, whose error would then be raised by nobody (or by the next call)."""
     client, server = await real_pair()
     async with client, server:
-        receive_into = push_receiver(server)
-        assert receive_into is not None
+        receive_into = receiver_of(server)
         seen: list[bytes] = []
 
         def on_data(data: bytes) -> None:
@@ -200,8 +190,7 @@ def test_another_streams_receive_into_is_not_taken_for_push_mode() -> None:
 async def test_concurrent_receive_is_busy_and_aclose_ends_delivery() -> None:
     client, server = await real_pair()
     async with client:
-        receive_into = push_receiver(server)
-        assert receive_into is not None
+        receive_into = receiver_of(server)
         outcome: list[BaseException] = []
 
         async def deliver() -> None:
