@@ -25,6 +25,7 @@ Scenarios (``N`` requests per sample, payload echoed back):
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import struct
 import sys
@@ -801,7 +802,40 @@ async def _memory(settings: Settings) -> list[Figure]:
     ]
 
 
+#: glibc ``mallopt`` parameters (malloc.h): free heap kept before trimming, and the
+#: request size from which malloc maps pages of its own instead of using the heap.
+_M_TRIM_THRESHOLD: Final = -1
+_M_MMAP_THRESHOLD: Final = -3
+
+
+def steady_heap() -> str:
+    """Keep glibc from handing heap memory back to the OS after every large free.
+
+    With its default, adaptive thresholds, glibc may trim the top of the heap
+    whenever 256 KiB buffers are freed and grow it again for the next frame: a
+    page fault per 4 KiB touched, on every round trip.  Whether that happens
+    depends on heap layout, so it hits moonpool or the baseline at random and the
+    256 KiB ratios swung between 0.6x and 1.2x from run to run.  Fixed thresholds
+    make both sides reuse the heap, so the ratio compares the libraries' own work.
+    Process-wide and not undone (the adaptive mode cannot be restored); the
+    benchmarks that run before this one are unaffected.  Returns a note.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
+    except (OSError, AttributeError):
+        return "heap: malloc left at its defaults (no mallopt in this C library)"
+    trim, mmap = 64 * 1024 * 1024, 4 * 1024 * 1024
+    if not (mallopt(_M_TRIM_THRESHOLD, trim) and mallopt(_M_MMAP_THRESHOLD, mmap)):
+        return "heap: malloc left at its defaults (mallopt refused the thresholds)"
+    return (
+        f"heap: glibc trim threshold {trim >> 20} MiB and mmap threshold {mmap >> 20} MiB "
+        "(mallopt), so that large frames reuse heap memory on both sides instead of "
+        "page-faulting it in again every round trip at random (see steady_heap)"
+    )
+
+
 def run(settings: Settings) -> Outcome:
+    heap_note = steady_heap()
     figures: list[Figure] = trio.run(_trio_throughput, settings)
     figures += anyio.run(_asyncio_throughput, settings, backend="asyncio")
     figures += trio.run(_memory, settings)
@@ -822,6 +856,7 @@ def run(settings: Settings) -> Outcome:
             "reach against the pipelined target",
             "the raw sides do more requests per sample than moonpool (rates are per request) "
             "so that their samples are not only a few milliseconds long",
+            heap_note,
             "memory: tracemalloc (Python heap only, kernel socket buffers excluded); idle "
             "connections are opened by a child process so only the server side is counted; "
             "per pending request includes the caller's task",

@@ -28,9 +28,10 @@ import argparse
 import functools
 import math
 import random
+import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -319,6 +320,32 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+async def until_ctrl_c(run: Callable[[], Awaitable[RealRun]]) -> RealRun | None:
+    """``await run()``, or ``None`` if Ctrl-C came first.
+
+    Ctrl-C becomes a cancellation: everything winds down through its ``finally``
+    blocks and ``async with`` exits, as on any cancellation.  Left to Python's
+    default handler it is a ``KeyboardInterrupt`` raised at whatever line is
+    running, which can be inside trio's own bookkeeping (``Nursery.start_soon``
+    is not protected against it) and then crashes the run with
+    ``TrioInternalError`` -- trio's docs recommend exactly this for programs
+    that must shut down cleanly.
+    """
+    result: RealRun | None = None
+    async with anyio.create_task_group() as group:
+
+        async def cancel_on_ctrl_c() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT) as signals:
+                async for _ in signals:
+                    group.cancel_scope.cancel()
+                    return
+
+        group.start_soon(cancel_on_ctrl_c)
+        result = await run()
+        group.cancel_scope.cancel()
+    return result
+
+
 def _interrupted(exc: BaseException) -> bool:
     """True for Ctrl-C, also when a task group wrapped it in an exception group."""
     if isinstance(exc, KeyboardInterrupt):
@@ -354,18 +381,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     def announce(run: RealRun) -> None:
         print(f"[{args.backend}] {run.header()}", flush=True)
 
+    real = functools.partial(
+        run_real, args.requests, args.concurrency, timeout=args.timeout, announce=announce
+    )
     try:
-        run = anyio.run(
-            functools.partial(
-                run_real, args.requests, args.concurrency, timeout=args.timeout, announce=announce
-            ),
-            backend=args.backend,
-        )
+        run = anyio.run(until_ctrl_c, real, backend=args.backend)
     except BaseException as exc:
-        if _interrupted(exc):
-            print("\ninterrupted", file=sys.stderr)
-            return 130
-        raise
+        if not _interrupted(exc):  # Ctrl-C before the signal handler was installed
+            raise
+        run = None
+    if run is None:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     print(run.summary())
     return 0 if run.ok else 1
 

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,25 @@ def test_example_ctrl_c_exits_130_without_traceback(backend: str) -> None:
     assert process.returncode == 130, err
     assert "Traceback" not in err
     assert "interrupted" in err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT is a POSIX signal")
+async def test_example_ctrl_c_is_a_cancellation() -> None:
+    # SIGINT while pings flow (tasks start and end on every request): until_ctrl_c
+    # must turn it into a cancellation.  Left to Python's default handler it is a
+    # KeyboardInterrupt at a random line, sometimes inside trio's unprotected
+    # Nursery.start_soon, which crashed the example with TrioInternalError.
+    async def interrupt() -> None:
+        await anyio.sleep(0.3)
+        signal.raise_signal(signal.SIGINT)
+
+    started = time.monotonic()
+    with anyio.fail_after(LIMIT):
+        async with anyio.create_task_group() as group:
+            group.start_soon(interrupt)
+            result = await example.until_ctrl_c(partial(example.run_real, 10**8, 20))
+    assert result is None
+    assert time.monotonic() - started < 0.3 + 2.0  # stopped promptly, not at a timeout
 
 
 # -- many requests on one connection ---------------------------------------------
