@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from moonpool.sim import FailureRecord, RunRecord, SimulationBuilder
+from moonpool.sim import FailureRecord, RunRecord, SimulationBuilder, SimulationInterrupted
 
 __all__ = ["load_builder", "main"]
 
@@ -108,9 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         builder.override_iterations(args.iterations)
     progress = _Progress(enabled=not args.quiet)
     builder.set_progress(progress)
-    report = builder.run()
+    try:
+        report = builder.run()
+    except SimulationInterrupted as interrupted:
+        report = interrupted.report  # what ran before Ctrl-C, then exit like Ctrl-C
     progress.finish()
     print(report.to_json() if args.json else report)
+    if report.interrupted:
+        return 130
     return 0 if report.ok else 1
 
 

@@ -27,6 +27,7 @@ from moonpool.sim._report import (
     FailureRecord,
     RunRecord,
     SimulationFailed,
+    SimulationInterrupted,
     SimulationReport,
 )
 from moonpool.sim._state import in_simulation
@@ -44,6 +45,7 @@ __all__ = [
     "RunRecord",
     "SimulationBuilder",
     "SimulationFailed",
+    "SimulationInterrupted",
     "SimulationReport",
     "TimeLimit",
     "UntilAllSometimesReached",

@@ -12,6 +12,7 @@ from typing import Self, final
 import msgspec
 
 from moonpool.net._chaos import ChaosConfig
+from moonpool.sim._interrupt import stop_requested_by_ctrl_c
 from moonpool.sim._iteration import (
     IterationConfig,
     IterationResult,
@@ -22,6 +23,7 @@ from moonpool.sim._report import (
     AssertionSummary,
     FailureRecord,
     RunRecord,
+    SimulationInterrupted,
     SimulationReport,
 )
 from moonpool.sim._state import AssertionRecord
@@ -230,7 +232,12 @@ class SimulationBuilder:
             yield generator.getrandbits(32)
 
     def run(self) -> SimulationReport:
-        """Run the simulation synchronously (each seed is its own ``trio.run``)."""
+        """Run the simulation synchronously (each seed is its own ``trio.run``).
+
+        Ctrl-C stops the run once the current seed has finished and raises
+        :class:`SimulationInterrupted` (a ``KeyboardInterrupt``) carrying the report
+        of the seeds that ran; a second Ctrl-C interrupts the current seed too.
+        """
         if not self._workloads:
             raise ValueError("no workloads registered: call register_workload() before run()")
         self._apply_environment()
@@ -240,41 +247,52 @@ class SimulationBuilder:
         assertions: dict[tuple[str, str], AssertionRecord] = {}
         fault_totals: dict[str, int] = {}
         control = self._control
-        for seed in self._seed_stream():
-            chaos_rng = random.Random(f"moonpool/{seed}/chaos-config")
-            config = IterationConfig(
-                workloads=tuple(self._workloads),
-                chaos=self._chaos.for_seed(chaos_rng),
+
+        def report(*, interrupted: bool = False) -> SimulationReport:
+            return SimulationReport(
+                runs=runs,
+                failures=failures,
+                assertions=[
+                    AssertionSummary(r.kind, r.message, r.hits, r.true_count, r.false_count)
+                    for r in assertions.values()
+                ],
+                fault_totals=dict(sorted(fault_totals.items())),
+                wall_time=time.perf_counter() - started,
+                chaos=_chaos_summary(self._chaos),
                 buggify=self._buggify,
-                shutdown_grace=self._shutdown_grace,
-                sim_time_budget=self._sim_time_budget,
-                wall_time_budget=self._wall_time_budget,
-                network_factory=self._network_factory,
+                coverage_required=self._seeds is None,
+                interrupted=interrupted,
             )
-            result = run_iteration(seed, config, self._replay)
-            runs.append(result.record)
-            if result.failure is not None:
-                failures.append(result.failure)
-            _merge(assertions, fault_totals, result)
-            if self._progress is not None:
-                self._progress(result.record, result.failure)
-            if self._seeds is not None:
-                continue
-            if _should_stop(control, len(runs), started, assertions):
-                break
-        return SimulationReport(
-            runs=runs,
-            failures=failures,
-            assertions=[
-                AssertionSummary(r.kind, r.message, r.hits, r.true_count, r.false_count)
-                for r in assertions.values()
-            ],
-            fault_totals=dict(sorted(fault_totals.items())),
-            wall_time=time.perf_counter() - started,
-            chaos=_chaos_summary(self._chaos),
-            buggify=self._buggify,
-            coverage_required=self._seeds is None,
-        )
+
+        with stop_requested_by_ctrl_c() as ctrl_c_pressed:
+            for seed in self._seed_stream():
+                chaos_rng = random.Random(f"moonpool/{seed}/chaos-config")
+                config = IterationConfig(
+                    workloads=tuple(self._workloads),
+                    chaos=self._chaos.for_seed(chaos_rng),
+                    buggify=self._buggify,
+                    shutdown_grace=self._shutdown_grace,
+                    sim_time_budget=self._sim_time_budget,
+                    wall_time_budget=self._wall_time_budget,
+                    network_factory=self._network_factory,
+                )
+                try:
+                    result = run_iteration(seed, config, self._replay)
+                except KeyboardInterrupt as exc:  # a second Ctrl-C, mid-seed
+                    raise SimulationInterrupted(report(interrupted=True)) from exc
+                runs.append(result.record)
+                if result.failure is not None:
+                    failures.append(result.failure)
+                _merge(assertions, fault_totals, result)
+                if self._progress is not None:
+                    self._progress(result.record, result.failure)
+                if ctrl_c_pressed():
+                    raise SimulationInterrupted(report(interrupted=True))
+                if self._seeds is not None:
+                    continue
+                if _should_stop(control, len(runs), started, assertions):
+                    break
+        return report()
 
 
 def _chaos_summary(chaos: ChaosConfig) -> dict[str, object]:

@@ -286,6 +286,10 @@ def run_iteration(
     except BaseException as exc:  # anything escaping trio.run is a runtime failure
         if isinstance(exc, KeyboardInterrupt):
             raise
+        if isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None:
+            # Ctrl-C raised inside a workload reaches us wrapped by its task group:
+            # the user stopping the run, not a failure of this seed.
+            raise KeyboardInterrupt from exc
         supervisor.fail("runtime_error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
     finally:
         reset_current_run(token)

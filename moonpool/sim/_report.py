@@ -72,6 +72,18 @@ class SimulationFailed(AssertionError):
         self.report = report
 
 
+class SimulationInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :meth:`SimulationBuilder.run`; ``report`` covers the seeds that finished.
+
+    A ``KeyboardInterrupt``, so whatever stops on Ctrl-C (pytest, a script) still
+    stops; the command line prints the partial report before exiting with 130.
+    """
+
+    def __init__(self, report: SimulationReport) -> None:
+        super().__init__(f"simulation interrupted after {report.iterations} seeds")
+        self.report = report
+
+
 @final
 @dataclass(frozen=True)
 class SimulationReport:
@@ -85,6 +97,9 @@ class SimulationReport:
     #: False when the seeds were given explicitly (a replay): one seed cannot be
     #: expected to satisfy every ``sometimes``, so MISS rows are shown, not failed.
     coverage_required: bool = True
+    #: True when Ctrl-C stopped the run early (see :class:`SimulationInterrupted`):
+    #: never ``ok``, since the seeds it was asked for did not all run.
+    interrupted: bool = False
 
     @property
     def iterations(self) -> int:
@@ -93,7 +108,9 @@ class SimulationReport:
     @property
     def ok(self) -> bool:
         missed = self.coverage_required and bool(self.missed_assertions)
-        return not self.failures and not missed and not self.failed_assertions
+        return (
+            not self.failures and not missed and not self.failed_assertions and not self.interrupted
+        )
 
     @property
     def missed_assertions(self) -> list[AssertionSummary]:
@@ -116,6 +133,8 @@ class SimulationReport:
         if self.ok:
             return
         lines: list[str] = []
+        if self.interrupted:
+            lines.append(f"interrupted (Ctrl-C) after {self.iterations} seeds")
         if self.failures:
             lines.append(f"{len(self.failures)} of {self.iterations} seeds failed:")
             for failure in self.failures[:10]:
@@ -139,6 +158,7 @@ class SimulationReport:
         """The whole report as JSON, for tools and regression tracking."""
         document = {
             "ok": self.ok,
+            "interrupted": self.interrupted,
             "iterations": self.iterations,
             "wall_time": self.wall_time,
             "total_events": self.total_events,
@@ -183,7 +203,10 @@ class SimulationReport:
             for failure in self.failures[:20]:
                 lines.append(f"    seed {failure.seed} [{failure.kind}] {failure.error}")
                 lines.append(f"      replay: {failure.replay}")
-        lines.append(f"  result: {'SUCCESS' if self.ok else 'FAILURE'}")
+        if self.interrupted:
+            lines.append(f"  result: INTERRUPTED (Ctrl-C) after {self.iterations} seeds")
+        else:
+            lines.append(f"  result: {'SUCCESS' if self.ok else 'FAILURE'}")
         return "\n".join(lines)
 
 
