@@ -329,20 +329,23 @@ async def until_ctrl_c(run: Callable[[], Awaitable[RealRun]]) -> RealRun | None:
     running, which can be inside trio's own bookkeeping (``Nursery.start_soon``
     is not protected against it) and then crashes the run with
     ``TrioInternalError`` -- trio's docs recommend exactly this for programs
-    that must shut down cleanly.
+    that must shut down cleanly.  The watcher keeps reading signals until the
+    wind-down is over, so an impatient second Ctrl-C lands here too (trio would
+    re-raise a signal left unread when the receiver closes).
     """
     result: RealRun | None = None
-    async with anyio.create_task_group() as group:
+    with anyio.open_signal_receiver(signal.SIGINT) as signals:
+        async with anyio.create_task_group() as watching:
+            work = anyio.CancelScope()
 
-        async def cancel_on_ctrl_c() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT) as signals:
+            async def cancel_on_ctrl_c() -> None:
                 async for _ in signals:
-                    group.cancel_scope.cancel()
-                    return
+                    work.cancel()
 
-        group.start_soon(cancel_on_ctrl_c)
-        result = await run()
-        group.cancel_scope.cancel()
+            watching.start_soon(cancel_on_ctrl_c)
+            with work:
+                result = await run()
+            watching.cancel_scope.cancel()
     return result
 
 
@@ -386,16 +389,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         run = anyio.run(until_ctrl_c, real, backend=args.backend)
+        if run is not None:
+            print(run.summary())
+            return 0 if run.ok else 1
     except BaseException as exc:
-        if not _interrupted(exc):  # Ctrl-C before the signal handler was installed
+        if not _interrupted(exc):  # Ctrl-C outside until_ctrl_c: before or after the run
             raise
-        run = None
-    if run is None:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    print(run.summary())
-    return 0 if run.ok else 1
+    print("\ninterrupted", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Done: a late Ctrl-C must not turn the exit into a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(status)

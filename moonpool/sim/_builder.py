@@ -12,7 +12,7 @@ from typing import Self, final
 import msgspec
 
 from moonpool.net._chaos import ChaosConfig
-from moonpool.sim._interrupt import stop_requested_by_ctrl_c
+from moonpool.sim._interrupt import ctrl_c_handled
 from moonpool.sim._iteration import (
     IterationConfig,
     IterationResult,
@@ -236,7 +236,8 @@ class SimulationBuilder:
 
         Ctrl-C stops the run once the current seed has finished and raises
         :class:`SimulationInterrupted` (a ``KeyboardInterrupt``) carrying the report
-        of the seeds that ran; a second Ctrl-C interrupts the current seed too.
+        of the seeds that ran; a second Ctrl-C cancels the current seed, which is
+        left out of the report (a third raises ``KeyboardInterrupt`` at once).
         """
         if not self._workloads:
             raise ValueError("no workloads registered: call register_workload() before run()")
@@ -264,7 +265,7 @@ class SimulationBuilder:
                 interrupted=interrupted,
             )
 
-        with stop_requested_by_ctrl_c() as ctrl_c_pressed:
+        with ctrl_c_handled() as ctrl_c:
             for seed in self._seed_stream():
                 chaos_rng = random.Random(f"moonpool/{seed}/chaos-config")
                 config = IterationConfig(
@@ -277,8 +278,8 @@ class SimulationBuilder:
                     network_factory=self._network_factory,
                 )
                 try:
-                    result = run_iteration(seed, config, self._replay)
-                except KeyboardInterrupt as exc:  # a second Ctrl-C, mid-seed
+                    result = run_iteration(seed, config, self._replay, ctrl_c)
+                except KeyboardInterrupt as exc:  # Ctrl-C cut the seed short
                     raise SimulationInterrupted(report(interrupted=True)) from exc
                 runs.append(result.record)
                 if result.failure is not None:
@@ -286,7 +287,7 @@ class SimulationBuilder:
                 _merge(assertions, fault_totals, result)
                 if self._progress is not None:
                     self._progress(result.record, result.failure)
-                if ctrl_c_pressed():
+                if ctrl_c.stop_requested:
                     raise SimulationInterrupted(report(interrupted=True))
                 if self._seeds is not None:
                     continue

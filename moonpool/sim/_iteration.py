@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 import trio
 
+from moonpool.sim._interrupt import CtrlC
 from moonpool.sim._logs import captured_logs
 from moonpool.sim._report import FailureRecord, RunRecord
 from moonpool.sim._state import (
@@ -118,6 +119,8 @@ class _Supervisor(trio.abc.Instrument):
         self.running: dict[str, trio.lowlevel.Task] = {}
         self.root_task: trio.lowlevel.Task | None = None
         self._task_index: dict[trio.lowlevel.Task, int] = {}
+        self.ctrl_c = CtrlC()  # replaced by the run's, which the SIGINT handler uses
+        self.interrupted = False
         self._probe: RunnerProbe | None = None
         self._turns = 0
         self._last_time = 0.0
@@ -203,6 +206,12 @@ class _Supervisor(trio.abc.Instrument):
         if self.cancel_scope is not None:
             self.cancel_scope.cancel()
 
+    def interrupt(self) -> None:
+        """Ctrl-C asked to stop this seed (called from the run loop, see ``CtrlC``)."""
+        self.interrupted = True
+        if self.cancel_scope is not None:
+            self.cancel_scope.cancel()
+
     async def run_workload(self, spec: WorkloadSpec, ctx: WorkloadContext) -> None:
         self.running[spec.name] = trio.lowlevel.current_task()
         try:
@@ -243,28 +252,38 @@ async def _root(supervisor: _Supervisor) -> None:
     shutdown = anyio.Event()
     supervisor.shutdown = shutdown
     supervisor.root_task = trio.lowlevel.current_task()
-    async with trio.open_nursery() as nursery:
-        supervisor.cancel_scope = nursery.cancel_scope
-        for spec in config.workloads:
-            host_network = network.for_host(spec.name) if hasattr(network, "for_host") else network
-            ctx = WorkloadContext(
-                name=spec.name,
-                address=addresses[spec.name],
-                peers={name: addr for name, addr in addresses.items() if name != spec.name},
-                network=host_network,
-                random=derive_random(run.seed, f"workload/{spec.name}"),
-                shutdown=shutdown,
-                seed=run.seed,
-            )
-            nursery.start_soon(supervisor.run_workload, spec, ctx, name=spec.name)
+    with supervisor.ctrl_c.cancellable_seed(supervisor.interrupt):
+        async with trio.open_nursery() as nursery:
+            supervisor.cancel_scope = nursery.cancel_scope
+            for spec in config.workloads:
+                host_network = (
+                    network.for_host(spec.name) if hasattr(network, "for_host") else network
+                )
+                ctx = WorkloadContext(
+                    name=spec.name,
+                    address=addresses[spec.name],
+                    peers={name: addr for name, addr in addresses.items() if name != spec.name},
+                    network=host_network,
+                    random=derive_random(run.seed, f"workload/{spec.name}"),
+                    shutdown=shutdown,
+                    seed=run.seed,
+                )
+                nursery.start_soon(supervisor.run_workload, spec, ctx, name=spec.name)
     for family, count in getattr(network, "fault_counts", {}).items():
         run.faults[family] = run.faults.get(family, 0) + count
 
 
 def run_iteration(
-    seed: int, config: IterationConfig, replay_hint: Callable[[int], str]
+    seed: int,
+    config: IterationConfig,
+    replay_hint: Callable[[int], str],
+    ctrl_c: CtrlC | None = None,
 ) -> IterationResult:
-    """Run one seed to completion and say how it went.  Never raises for workload failures."""
+    """Run one seed to completion and say how it went.  Never raises for workload failures.
+
+    Raises ``KeyboardInterrupt`` when Ctrl-C cut the seed short (``ctrl_c`` says
+    how: see :mod:`moonpool.sim._interrupt`): its outcome means nothing then.
+    """
     # Imported here, not at module level: trio.testing imports pytest when it is
     # installed, and `import moonpool.transport` for real networks should not.
     import trio.testing
@@ -272,6 +291,8 @@ def run_iteration(
     run = SimRun(seed=seed, buggify_enabled=config.buggify)
     clock = trio.testing.MockClock(autojump_threshold=0)
     supervisor = _Supervisor(run, config, clock)
+    if ctrl_c is not None:
+        supervisor.ctrl_c = ctrl_c
     token = set_current_run(run)
     started = time.perf_counter()
     try:
@@ -284,15 +305,16 @@ def run_iteration(
                 strict_exception_groups=True,
             )
     except BaseException as exc:  # anything escaping trio.run is a runtime failure
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        if isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None:
-            # Ctrl-C raised inside a workload reaches us wrapped by its task group:
-            # the user stopping the run, not a failure of this seed.
+        if _is_ctrl_c(exc):
+            # The user stopping the run (wrapped by a task group, or by trio when it
+            # landed in trio's own code), not a failure of this seed.
             raise KeyboardInterrupt from exc
+        supervisor.cancel_scope = None  # the run is over: nothing left to cancel
         supervisor.fail("runtime_error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
     finally:
         reset_current_run(token)
+    if supervisor.interrupted:
+        raise KeyboardInterrupt(f"Ctrl-C cancelled seed {seed}")
     wall = time.perf_counter() - started
     if supervisor.failure is None and run.assertion_failures:
         supervisor.failure = ("assertion", run.assertion_failures[0], run.assertion_failures[0])
@@ -322,3 +344,11 @@ def run_iteration(
             replay=replay_hint(seed),
         )
     return IterationResult(record=record, failure=failure, run=run)
+
+
+def _is_ctrl_c(exc: BaseException) -> bool:
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(KeyboardInterrupt) is not None
+    return isinstance(exc, trio.TrioInternalError) and isinstance(exc.__cause__, KeyboardInterrupt)

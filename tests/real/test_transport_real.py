@@ -139,7 +139,14 @@ def run_example(*args: str) -> subprocess.Popen[str]:
         text=True,
         env=env,
         cwd=Path(EXAMPLE_PATH).parents[1],
+        # Ctrl-C as in a terminal, even if this runs as a background job (which
+        # a shell starts with SIGINT ignored).
+        preexec_fn=_default_sigint if sys.platform != "win32" else None,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
@@ -154,8 +161,9 @@ def test_example_command_line(backend: str) -> None:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT is a POSIX signal")
+@pytest.mark.parametrize("presses", [1, 2])
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
-def test_example_ctrl_c_exits_130_without_traceback(backend: str) -> None:
+def test_example_ctrl_c_exits_130_without_traceback(backend: str, presses: int) -> None:
     process = run_example("--backend", backend, "--requests", "100000000", "--concurrency", "20")
     try:
         assert process.stdout is not None
@@ -163,7 +171,9 @@ def test_example_ctrl_c_exits_130_without_traceback(backend: str) -> None:
         first = process.stdout.readline()
         assert "ping-pong on real TCP" in first
         time.sleep(0.2)
-        process.send_signal(signal.SIGINT)
+        for _ in range(presses):  # an impatient user presses twice, during the wind-down
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.005)
         _, err = process.communicate(timeout=30)
     finally:
         if process.returncode is None:
@@ -190,7 +200,7 @@ async def test_example_ctrl_c_is_a_cancellation() -> None:
             group.start_soon(interrupt)
             result = await example.until_ctrl_c(partial(example.run_real, 10**8, 20))
     assert result is None
-    assert time.monotonic() - started < 0.3 + 2.0  # stopped promptly, not at a timeout
+    assert time.monotonic() - started < 0.3 + 5.0  # stopped promptly, not at LIMIT
 
 
 # -- many requests on one connection ---------------------------------------------

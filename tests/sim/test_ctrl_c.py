@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from moonpool.sim import (
     SimulationInterrupted,
     WorkloadContext,
 )
-from tests.sim.test_cli_and_plugin import _cli
+from tests.sim.test_cli_and_plugin import _cli, _cli_process
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGINT is a POSIX signal")
 
@@ -111,3 +112,50 @@ def test_cli_prints_the_partial_report_and_exits_130(tmp_path: Path) -> None:
     document = json.loads(as_json.stdout)
     assert document["interrupted"] is True and document["ok"] is False
     assert document["iterations"] == 3
+
+
+LONG_SEEDS_MODULE = """
+import trio
+from moonpool.sim import FixedCount, SimulationBuilder, WorkloadContext
+
+async def workload(ctx: WorkloadContext) -> None:
+    async def tick(n: int) -> None:
+        for _ in range(n):
+            await trio.sleep(0.001)
+
+    async with trio.open_nursery() as nursery:  # seconds of wall time per seed
+        for _ in range(50):
+            nursery.start_soon(tick, 3000)
+
+def simulation() -> SimulationBuilder:
+    return SimulationBuilder().register_workload("w", workload).set_iteration_control(
+        FixedCount(5)
+    )
+"""
+
+
+@pytest.mark.parametrize("second_after", [0.05, 0.3])
+def test_cli_two_real_ctrl_c_cancel_the_running_seed_cleanly(
+    tmp_path: Path, second_after: float
+) -> None:
+    # Real signals from another process land wherever the seed happens to be --
+    # in trio's own code or the supervising instrument too, where a
+    # KeyboardInterrupt used to crash the run (TrioInternalError) or silently
+    # disable the instrument.  The second press must cancel the seed cleanly.
+    module = tmp_path / "long_seeds.py"
+    module.write_text(LONG_SEEDS_MODULE)
+    process = _cli_process("run", str(module), "--quiet")
+    try:
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        time.sleep(second_after)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "Instrument" not in err, err
+    assert "result: INTERRUPTED (Ctrl-C)" in out
+    assert "0 failed" in out
