@@ -36,6 +36,7 @@ from moonpool.transport import (
     TransportError,
     TransportTimeout,
 )
+from tests import ctrl_c
 from tests.real.test_real_network import LOOPBACKS, free_port_address
 from tests.transport.ping_pong import PATH as EXAMPLE_PATH
 from tests.transport.ping_pong import example
@@ -131,22 +132,11 @@ async def test_example_load_generator_catches_a_wrong_pong() -> None:
 
 
 def run_example(*args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
+    return ctrl_c.start(
         [sys.executable, str(EXAMPLE_PATH), "--real", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
         cwd=Path(EXAMPLE_PATH).parents[1],
-        # Ctrl-C as in a terminal, even if this runs as a background job (which
-        # a shell starts with SIGINT ignored).
-        preexec_fn=_default_sigint if sys.platform != "win32" else None,
     )
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
@@ -165,20 +155,12 @@ def test_example_command_line(backend: str) -> None:
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
 def test_example_ctrl_c_exits_130_without_traceback(backend: str, presses: int) -> None:
     process = run_example("--backend", backend, "--requests", "100000000", "--concurrency", "20")
-    try:
-        assert process.stdout is not None
-        # The first line is printed once the server listens and pings are flowing.
-        first = process.stdout.readline()
-        assert "ping-pong on real TCP" in first
-        time.sleep(0.2)
-        for _ in range(presses):  # an impatient user presses twice, during the wind-down
-            process.send_signal(signal.SIGINT)
-            time.sleep(0.005)
-        _, err = process.communicate(timeout=30)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            process.communicate()
+    assert process.stdout is not None
+    # The first line is printed once the server listens and pings are flowing.
+    first = process.stdout.readline()
+    assert "ping-pong on real TCP" in first, ctrl_c.press(process, [0])
+    # An impatient user presses twice, the second time during the wind-down.
+    _, err = ctrl_c.press(process, [0.2, 0.005][:presses])
     assert process.returncode == 130, err
     assert "Traceback" not in err
     assert "interrupted" in err

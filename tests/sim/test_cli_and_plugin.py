@@ -42,25 +42,6 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _cli_process(*args: str) -> subprocess.Popen[str]:
-    """The command line started in the background, with Ctrl-C handled as in a
-    terminal (a shell starts background jobs with SIGINT ignored)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "moonpool", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_cli_environment(),
-        preexec_fn=_default_sigint if sys.platform != "win32" else None,
-    )
-
-
-def _default_sigint() -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_cli_runs_a_simulation_and_prints_the_report() -> None:
     result = _cli("run", str(ECHO), "--iterations", "3")
     assert result.returncode == 0, result.stderr

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,8 @@ from moonpool.sim import (
     SimulationInterrupted,
     WorkloadContext,
 )
-from tests.sim.test_cli_and_plugin import _cli, _cli_process
+from tests import ctrl_c
+from tests.sim.test_cli_and_plugin import _cli
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGINT is a POSIX signal")
 
@@ -144,17 +144,8 @@ def test_cli_two_real_ctrl_c_cancel_the_running_seed_cleanly(
     # disable the instrument.  The second press must cancel the seed cleanly.
     module = tmp_path / "long_seeds.py"
     module.write_text(LONG_SEEDS_MODULE)
-    process = _cli_process("run", str(module), "--quiet")
-    try:
-        time.sleep(1.0)
-        process.send_signal(signal.SIGINT)
-        time.sleep(second_after)
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            process.communicate()
+    process = ctrl_c.start([sys.executable, "-m", "moonpool", "run", str(module), "--quiet"])
+    out, err = ctrl_c.press(process, [1.0, second_after])
     assert process.returncode == 130, err
     assert "Traceback" not in err and "Instrument" not in err, err
     assert "result: INTERRUPTED (Ctrl-C)" in out
