@@ -8,9 +8,10 @@ connection, no caller can deadlock on it, and a slow remote shows up as a full
 queue (:class:`~moonpool.transport.SendQueueFull`) instead of a blocked caller.
 
 Connections are opened lazily, when there is something to send, and retried with
-exponential backoff and jitter after failures.  When a connection breaks, frames
-still queued for it are dropped with it: the protocol above decides what to
-retry, and it resends with the same correlation id on the next connection.
+exponential backoff and jitter after failures.  When a connection breaks, the
+queue is cleared: frames it never wrote are reported back by tag (``on_lost``'s
+``unsent``) to go out on the next connection, and the protocol above decides
+whether to resend the rest, with the same correlation id.
 """
 
 from __future__ import annotations

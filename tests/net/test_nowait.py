@@ -35,6 +35,7 @@ from anyio.streams.stapled import StapledByteStream
 
 from moonpool.net import ChaosConfig, RealNetwork, SimNetwork, SimStream
 from moonpool.net._nowait import NonBlockingSender, nonblocking_sender
+from tests.real.test_real_network import pair_factory
 
 # Generous: every real-network test finishes in milliseconds on loopback.
 TIMEOUT = 10.0
@@ -49,15 +50,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 async def real_pair() -> tuple[anyio.abc.ByteStream, anyio.abc.ByteStream]:
     """(client side from ``connect``, server side from ``accept``) over 127.0.0.1."""
-    network = RealNetwork()
-    async with await network.listen("127.0.0.1:0") as listener:
-        client = await network.connect(listener.address)
-        try:
-            server = await listener.accept()
-        except BaseException:
-            await anyio.aclose_forcefully(client)
-            raise
-    return client, server
+    return await pair_factory(RealNetwork(), "127.0.0.1:0")()
 
 
 def sender_of(stream: anyio.abc.ByteStream) -> NonBlockingSender:

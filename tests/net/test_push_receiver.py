@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from moonpool.net import ChaosConfig, RealNetwork, SimNetwork
+from moonpool.net import ChaosConfig, SimNetwork
 from moonpool.net._nowait import PushReceiver, push_receiver
 from tests.net.test_nowait import real_pair
 
@@ -215,13 +215,10 @@ def test_trio_and_simulated_streams_do_not_push() -> None:
     """Elsewhere the transport reads with ordinary receive() calls."""
 
     async def main() -> None:
-        network = RealNetwork()
-        async with await network.listen("127.0.0.1:0") as listener:
-            client = await network.connect(listener.address)
-            server = await listener.accept()
-            async with client, server:
-                assert push_receiver(client) is None
-                assert push_receiver(server) is None
+        client, server = await real_pair()
+        async with client, server:
+            assert push_receiver(client) is None
+            assert push_receiver(server) is None
         sim = SimNetwork(seed=1, chaos=ChaosConfig.none())
         async with await sim.listen("server:4500") as sim_listener:
             sim_client = await sim.for_host("client").connect(sim_listener.address)
