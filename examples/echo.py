@@ -1,7 +1,8 @@
 """Echo over raw simulated byte streams: the smallest complete moonpool simulation.
 
-A server echoes whatever it receives; clients send random payloads and check
-each echo, reconnecting whenever chaos refuses a connect or resets a connection.
+A server process echoes whatever it receives; client workloads send random
+payloads and check each echo, reconnecting whenever chaos refuses a connect or
+resets a connection, or attrition crashes or reboots the server.
 
     python -m moonpool run examples/echo.py            # 100 seeds, chaos on
     python -m moonpool run examples/echo.py --seed 42  # replay one seed
@@ -14,8 +15,10 @@ import anyio.abc
 import trio
 
 from moonpool.sim import (
+    Attrition,
     ChaosConfig,
     FixedCount,
+    ProcessContext,
     SimulationBuilder,
     WorkloadContext,
     always,
@@ -35,7 +38,7 @@ async def _echo_connection(stream: anyio.abc.ByteStream) -> None:
             pass
 
 
-async def echo_server(ctx: WorkloadContext) -> None:
+async def echo_server(ctx: ProcessContext) -> None:
     async with await ctx.network.listen(ctx.address) as listener, trio.open_nursery() as nursery:
 
         async def accept_forever() -> None:
@@ -50,7 +53,7 @@ async def echo_server(ctx: WorkloadContext) -> None:
 async def echo_client(ctx: WorkloadContext) -> None:
     server = ctx.peers["server"]
     done = 0
-    while done < ROUNDS and not ctx.shutdown.is_set():
+    while done < ROUNDS:
         try:
             stream = await ctx.network.connect(server)
         except OSError:
@@ -77,6 +80,7 @@ def simulation() -> SimulationBuilder:
         .set_iteration_control(FixedCount(100))
         .enable_buggify()
         .set_chaos(ChaosConfig.default())
-        .register_workload("server", echo_server)
+        .set_attrition(Attrition(max_dead=1, interval=2.0))
+        .register_process("server", echo_server)
         .register_workload("client", echo_client, count=2)
     )

@@ -1,10 +1,14 @@
 """Ping-pong over the moonpool transport: one program, simulated or on real TCP.
 
-A server answers every ``PING <client> <n>`` with ``PONG <client> <n>``; clients
-send pings, check that each pong answers its own ping, and retry pings that time
-out or lose their connection.  The same two workload functions run
+A server **process** answers every ``PING <client> <n>`` with ``PONG <client> <n>``;
+client **workloads** send pings, check that each pong answers its own ping, and
+retry pings that time out or lose their connection -- also while the server is
+crashed or rebooting -- and assert that *every* ping of *every* client is
+answered within its deadline.  The same functions run
 
-* in simulation, under chaos (the default when the CLI runs this file)::
+* in simulation, under network chaos, buggify and attrition (the server is
+  crashed and rebooted while the clients run; the default when the CLI runs
+  this file)::
 
       python -m moonpool run examples/ping_pong.py
       python -m moonpool run examples/ping_pong.py --seed 1234
@@ -39,9 +43,11 @@ import anyio.abc
 
 from moonpool.net import Listener, NetworkProvider, RealNetwork
 from moonpool.sim import (
+    Attrition,
     ChaosConfig,
+    FixedCount,
+    ProcessContext,
     SimulationBuilder,
-    UntilAllSometimesReached,
     WorkloadContext,
     always,
     buggify_with_prob,
@@ -61,11 +67,17 @@ from moonpool.transport import (
 
 PINGS_PER_CLIENT = 20
 PING_TIMEOUT = 1.0
+# Simulated seconds within which every ping must be answered, however often it is
+# retried: long enough to ride out a partition, a reboot and its recovery delay.
+PING_DEADLINE = 60.0
+# Up to this many seconds between a client's pings: in simulation it spreads the run
+# phase over a few simulated seconds, so that attrition strikes while clients run.
+PING_PAUSE = 0.5
 MAX_IN_FLIGHT = 256
 
 
-async def ping_server(ctx: WorkloadContext) -> None:
-    """Answer pings until the simulation (or the real run) shuts down."""
+async def ping_server(ctx: ProcessContext) -> None:
+    """Answer pings until this process is told to shut down (a reboot, or the end)."""
     async with ServerTransport.bind(ctx.network, ctx.address) as server:
 
         async def close_on_shutdown() -> None:
@@ -75,6 +87,7 @@ async def ping_server(ctx: WorkloadContext) -> None:
         async def answer(request: ReceivedEnvelope[Any]) -> None:
             kind, _, rest = request.payload.partition(b" ")
             always(kind == b"PING", "the server only ever receives pings")
+            sometimes(ctx.incarnation > 0, "a rebooted server answers a ping")
             if buggify_with_prob(0.05):
                 # A slow request (GC pause, busy disk): longer than the ping timeout.
                 # Each request has its own task, so it delays nobody else -- handled
@@ -104,12 +117,13 @@ async def ping_server(ctx: WorkloadContext) -> None:
 
 
 async def ping(transport: ClientTransport, ctx: WorkloadContext, server: str, n: int) -> bool:
-    """One ping, retried until it is answered; False if shutdown came first."""
+    """One ping, retried until it is answered; False if its deadline passed first."""
     message = f"PING {ctx.name} {n}".encode()
     timeouts = lost = 0
-    while not ctx.shutdown.is_set():
+    deadline = anyio.current_time() + PING_DEADLINE
+    while (left := deadline - anyio.current_time()) > 0:
         try:
-            reply = await transport.get_reply(server, message, timeout=PING_TIMEOUT)
+            reply = await transport.get_reply(server, message, timeout=min(PING_TIMEOUT, left))
         except TransportTimeout:
             timeouts += 1
             continue
@@ -122,29 +136,33 @@ async def ping(transport: ClientTransport, ctx: WorkloadContext, server: str, n:
         # UntilAllSometimesReached keeps going until chaos has made each one true.
         sometimes(timeouts > 0, "a ping times out and is retried")
         sometimes(lost > 0, "a ping loses its connection and is retried")
+        sometimes(timeouts > 0 and lost > 0, "a ping both times out and loses its connection")
+        sometimes(timeouts + lost >= 5, "a ping is answered after five or more attempts")
         return True
     return False
 
 
 async def ping_client(ctx: WorkloadContext) -> None:
+    """Ping the server ``PINGS_PER_CLIENT`` times, at a human pace, through every fault."""
     server = ctx.peers["server"]
     async with ClientTransport(ctx.network) as transport:
-        answered = 0
         for n in range(PINGS_PER_CLIENT):
-            if not await ping(transport, ctx, server, n):
-                break
-            answered += 1
-        sometimes(answered == PINGS_PER_CLIENT, "a client gets all its pongs")
+            answered = await ping(transport, ctx, server, n)
+            always(answered, "every ping of every client is answered within its deadline")
+            await anyio.sleep(ctx.random.uniform(0.0, PING_PAUSE))
 
 
 def simulation() -> SimulationBuilder:
     """The chaos simulation the README's main command runs."""
     return (
         SimulationBuilder()
-        .set_iteration_control(UntilAllSometimesReached(100))
+        .set_iteration_control(FixedCount(100))
         .enable_buggify()
         .set_chaos(ChaosConfig.default())
-        .register_workload("server", ping_server)
+        .set_attrition(
+            Attrition(max_dead=1, interval=3.0, crash=1.0, reboot=1.0, recovery=(0.5, 3.0))
+        )
+        .register_process("server", ping_server)
         .register_workload("client", ping_client, count=2)
     )
 
@@ -284,14 +302,13 @@ async def run_real(
     """Start ``ping_server`` on ``host`` (a free port), ping it, shut it down."""
     network = AnnouncingNetwork(RealNetwork())
     shutdown = anyio.Event()
-    server = WorkloadContext(
+    server = ProcessContext(
         name="server",
         address=f"{host}:0",
         peers={},
         network=network,
         random=random.Random(),
         shutdown=shutdown,
-        seed=0,
     )
     async with anyio.create_task_group() as group:
         group.start_soon(ping_server, server)

@@ -18,9 +18,9 @@ from collections.abc import Generator
 
 import pytest
 
+from moonpool._ground._run import stable_hash
 from moonpool.net import ChaosConfig, SimNetwork
 from moonpool.sim import SimulationFailed, _builder
-from moonpool.sim._state import stable_hash
 
 OPTION_SEED = "--moonpool-seed"
 OPTION_ITERATIONS = "--moonpool-iterations"

@@ -62,6 +62,11 @@ class PartitionTimeline:
     def add(self, partition: Partition) -> None:
         self.active.append(partition)
 
+    def stop(self) -> None:
+        """Heal every partition now and generate no more (asked-for ones still work)."""
+        self.active = []
+        self._next_start = None
+
     def _advance(self, now: float) -> None:
         if not self.active and (self._next_start is None or self._next_start > now):
             return  # the common case, on every write: nothing to generate or expire
@@ -102,6 +107,7 @@ class FaultInjector:
         on_fault: Callable[[str, str], None] | None = None,
     ) -> None:
         self.chaos = chaos
+        self.active = True
         self.rng = random.Random(f"moonpool/{seed}/network")
         self.counts: dict[str, int] = {}
         self._on_fault = on_fault
@@ -119,8 +125,13 @@ class FaultInjector:
         if self._on_fault is not None:
             self._on_fault(family, detail)
 
+    def calm(self) -> None:
+        """Stop every fault (latency stays: it is how networks are, not a fault event)."""
+        self.active = False
+        self.partitions.stop()
+
     def _chance(self, probability: float) -> bool:
-        return probability > 0 and self.rng.random() < probability
+        return probability > 0 and self.active and self.rng.random() < probability
 
     # -- connect ------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from the seed, so a run replays exactly.
 
 from __future__ import annotations
 
+import errno
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -23,12 +24,12 @@ import anyio.abc
 import trio
 from anyio.abc import SocketAttribute
 
+from moonpool._ground._buggify import buggify
+from moonpool._ground._run import current_run
 from moonpool.net._address import Address, parse_address
 from moonpool.net._chaos import ChaosConfig
 from moonpool.net._faults import FaultInjector, Partition
 from moonpool.net._provider import AddressInUse
-from moonpool.sim._buggify import buggify
-from moonpool.sim._state import current_run
 
 __all__ = ["SimListener", "SimNetwork", "SimStream"]
 
@@ -69,14 +70,17 @@ class _Direction:
 class _Connection:
     """Both directions of one connection and the reset that breaks them together."""
 
-    __slots__ = ("client", "forward", "id", "reverse", "server")
+    __slots__ = ("client", "forward", "id", "open_ends", "reverse", "server", "world")
 
-    def __init__(self, connection_id: int, client: Address, server: Address) -> None:
+    def __init__(self, world: _World, connection_id: int, client: Address, server: Address) -> None:
+        self.world = world
         self.id = connection_id
         self.client = client
         self.server = server
         self.forward = _Direction()  # client -> server
         self.reverse = _Direction()  # server -> client
+        self.open_ends = 2
+        world.live[connection_id] = self
 
     def reset(self) -> None:
         for direction in (self.forward, self.reverse):
@@ -84,6 +88,54 @@ class _Connection:
             direction.chunks.clear()
             direction.in_flight = 0
             direction.wake_all()
+        self.world.live.pop(self.id, None)
+
+    def end_closed(self) -> None:
+        self.open_ends -= 1
+        if self.open_ends <= 0:
+            self.world.live.pop(self.id, None)
+
+
+class _HostLife:
+    """One life of a host: the streams and listeners it owns, and whether it is alive.
+
+    A simulated process gets a new life at every boot.  When it crashes, its
+    life ends at once: every connection it owns is reset for the other side,
+    its listeners close, and nothing it still does -- ``finally`` blocks
+    included -- reaches the network.  When it exits gracefully, what it left
+    open is closed the way an operating system closes a dead process's
+    sockets: bytes already written still arrive, then the end of the stream.
+    """
+
+    __slots__ = ("alive", "host", "listeners", "streams")
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.alive = True
+        # Dicts, not sets: ending a life touches them in a deterministic order.
+        self.streams: dict[int, SimStream] = {}
+        self.listeners: dict[Address, SimListener] = {}
+
+    def check_alive(self, action: str) -> None:
+        if not self.alive:
+            raise OSError(
+                errno.ENETDOWN,
+                f"{self.host} cannot {action}: this process has crashed or exited, and "
+                f"nothing it does reaches the network any more",
+            )
+
+    def end(self, *, crash: bool) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        for listener in list(self.listeners.values()):
+            listener._close_now()
+        for stream in list(self.streams.values()):
+            if crash:
+                stream._connection.reset()
+            else:
+                stream._close_now()
+        self.streams.clear()
 
 
 @final
@@ -98,8 +150,11 @@ class SimStream(anyio.abc.ByteStream):
         incoming: _Direction,
         local: Address,
         remote: Address,
+        life: _HostLife,
     ) -> None:
         self._world = world
+        self._life = life
+        life.streams[id(self)] = self
         self._connection = connection
         self._out = outgoing
         self._in = incoming
@@ -292,29 +347,37 @@ class SimStream(anyio.abc.ByteStream):
         direction.readable.unpark_all()
 
     async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            if not self._eof_sent and not self._out.broken:
-                self._eof_sent = True
-                self._queue_eof()
-            # Whatever the other side still sends has nowhere to go: its writes break,
-            # like writes to a closed TCP socket draw a reset.
-            incoming = self._in
-            incoming.broken = True
-            incoming.chunks.clear()
-            incoming.in_flight = 0
-            incoming.wake_all()
-            self._out.writable.unpark_all()
+        self._close_now()
         await trio.lowlevel.checkpoint()
+
+    def _close_now(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._life.streams.pop(id(self), None)
+        self._connection.end_closed()
+        if not self._eof_sent and not self._out.broken:
+            self._eof_sent = True
+            self._queue_eof()
+        # Whatever the other side still sends has nowhere to go: its writes break,
+        # like writes to a closed TCP socket draw a reset.
+        incoming = self._in
+        incoming.broken = True
+        incoming.chunks.clear()
+        incoming.in_flight = 0
+        incoming.wake_all()
+        self._out.writable.unpark_all()
 
 
 @final
 class SimListener:
     """A listening endpoint of the simulated network (see :class:`~moonpool.net.Listener`)."""
 
-    def __init__(self, world: _World, address: Address) -> None:
+    def __init__(self, world: _World, address: Address, life: _HostLife) -> None:
         self._world = world
         self._address = address
+        self._life = life
+        life.listeners[address] = self
         self._pending: deque[SimStream] = deque()
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
@@ -340,13 +403,19 @@ class SimListener:
         return stream
 
     async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._world.listeners.pop(self._address, None)
-            while self._pending:
-                self._pending.popleft()._connection.reset()
-            self._lot.unpark_all()
+        self._close_now()
         await trio.lowlevel.checkpoint()
+
+    def _close_now(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._life.listeners.pop(self._address, None)
+        if self._world.listeners.get(self._address) is self:
+            del self._world.listeners[self._address]
+        while self._pending:
+            self._pending.popleft()._connection.reset()
+        self._lot.unpark_all()
 
     async def __aenter__(self) -> Self:
         return self
@@ -370,6 +439,32 @@ class _World:
         self.listeners: dict[Address, SimListener] = {}
         self.next_port: dict[str, int] = {}
         self.connections = 0
+        # Connections with at least one end open and not reset, by id (in order).
+        self.live: dict[int, _Connection] = {}
+
+    def stop_chaos(self) -> None:
+        """No more faults; partitions and clogs end now, and bytes they held move on.
+
+        Held bytes (and end-of-stream marks) get one fresh latency from now, as if
+        the link had just come back; the order on each connection is kept.
+        """
+        self.faults.calm()
+        now = trio.current_time()
+        for connection in list(self.live.values()):
+            for direction, (src, dst) in (
+                (connection.forward, (connection.client.host, connection.server.host)),
+                (connection.reverse, (connection.server.host, connection.client.host)),
+            ):
+                direction.clogged_until = min(direction.clogged_until, now)
+                due = now + self.faults.latency(src, dst)
+                if direction.chunks and direction.chunks[-1][0] > due:
+                    direction.chunks = deque(
+                        (min(arrival, due), data) for arrival, data in direction.chunks
+                    )
+                direction.last_arrival = min(direction.last_arrival, due)
+                if direction.eof_at is not None:
+                    direction.eof_at = min(direction.eof_at, due)
+                direction.readable.unpark_all()
 
     @staticmethod
     def _trace_fault(family: str, detail: str) -> None:
@@ -416,13 +511,38 @@ class SimNetwork:
         self._world.add_host(host)
         self.host = host
         self.connect_timeout = connect_timeout
+        self._life = _HostLife(host)
 
     def __repr__(self) -> str:
         return f"<SimNetwork host={self.host!r}>"
 
     def for_host(self, host: str) -> SimNetwork:
-        """This network as seen from ``host``."""
+        """This network as seen from ``host``.
+
+        Each view is one life of that host: the simulation gives every boot of a
+        process its own view, so that a crash ends exactly what that boot opened.
+        """
         return SimNetwork(host=host, connect_timeout=self.connect_timeout, _world=self._world)
+
+    def end_life(self, *, crash: bool) -> None:
+        """End this view's life: what the runtime does when a process dies.
+
+        ``crash=True`` resets every connection it opened or accepted (the other
+        side sees a reset at once, bytes in flight are gone) and closes its
+        listeners; ``crash=False`` closes them like an exiting process's sockets.
+        Either way, every later ``connect``, ``listen`` or write through this
+        view fails: a dead process reaches nobody.
+        """
+        self._life.end(crash=crash)
+
+    def stop_chaos(self) -> None:
+        """Stop injecting faults on the whole network (every host's view).
+
+        Partitions heal and clogs clear now, and the bytes they held are
+        delivered after an ordinary latency; from then on only latency remains.
+        The simulation calls this when every workload's ``run`` has returned.
+        """
+        self._world.stop_chaos()
 
     @property
     def chaos(self) -> ChaosConfig:
@@ -452,6 +572,7 @@ class SimNetwork:
     async def listen(self, address: str) -> SimListener:
         parsed = parse_address(address)
         await trio.lowlevel.checkpoint()
+        self._life.check_alive(f"listen on {address}")
         world = self._world
         if parsed.port == 0:
             port = world.ephemeral_port(parsed.host)
@@ -461,7 +582,7 @@ class SimNetwork:
         if parsed in world.listeners:
             raise AddressInUse(f"cannot listen on {parsed}: address already in use")
         world.add_host(parsed.host)
-        listener = SimListener(world, parsed)
+        listener = SimListener(world, parsed, self._life)
         world.listeners[parsed] = listener
         return listener
 
@@ -469,6 +590,7 @@ class SimNetwork:
         target = parse_address(address)
         world, faults = self._world, self._world.faults
         await trio.lowlevel.checkpoint()
+        self._life.check_alive(f"connect to {address}")
         delay = faults.connect_delay(self.host, address)
         if buggify():
             delay += 0.5
@@ -486,6 +608,7 @@ class SimNetwork:
             )
         if delay > 0:
             await trio.sleep(delay)
+        self._life.check_alive(f"connect to {address}")  # it may have died meanwhile
         if faults.connect_fails(self.host, address):
             raise ConnectionRefusedError(f"connection to {address} refused (simulated fault)")
         listener = world.listeners.get(target)
@@ -493,9 +616,19 @@ class SimNetwork:
             raise ConnectionRefusedError(f"connection to {address} refused: nothing listens there")
         world.connections += 1
         local = Address(self.host, world.ephemeral_port(self.host))
-        connection = _Connection(world.connections, local, target)
-        client = SimStream(world, connection, connection.forward, connection.reverse, local, target)
-        server = SimStream(world, connection, connection.reverse, connection.forward, target, local)
+        connection = _Connection(world, world.connections, local, target)
+        client = SimStream(
+            world, connection, connection.forward, connection.reverse, local, target, self._life
+        )
+        server = SimStream(
+            world,
+            connection,
+            connection.reverse,
+            connection.forward,
+            target,
+            local,
+            listener._life,
+        )
         run = current_run()
         if run is not None:
             run.trace_text(f"connect:{local}->{target}")

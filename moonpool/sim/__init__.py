@@ -1,11 +1,16 @@
 """The deterministic simulation runtime.
 
-Write workloads as ``async def workload(ctx: WorkloadContext)``, register them on
-a :class:`SimulationBuilder` and ``run()`` it: each seed is a fresh ``trio.run``
-on a mock clock with a seeded scheduler and a simulated network, and the same
-seed always replays the same run.
+Register **processes** (the system under test: ``async def server(ctx:
+ProcessContext)``, killed and rebooted by attrition) and **workloads** (the test
+drivers: a function or a class with ``setup``/``run``/``check``, never killed)
+on a :class:`SimulationBuilder` and ``run()`` it: each seed is a fresh
+``trio.run`` on a mock clock with a seeded scheduler and a simulated network,
+and the same seed always replays the same run.
 """
 
+from moonpool._ground._buggify import buggify, buggify_with_prob
+from moonpool._ground._run import in_simulation
+from moonpool._ground._run import sim_random as random
 from moonpool.net._chaos import ChaosConfig, LatencyConfig
 from moonpool.sim._assertions import (
     AssertionViolation,
@@ -14,7 +19,7 @@ from moonpool.sim._assertions import (
     sometimes,
     unreachable,
 )
-from moonpool.sim._buggify import buggify, buggify_with_prob
+from moonpool.sim._attrition import Attrition
 from moonpool.sim._builder import (
     FixedCount,
     IterationControl,
@@ -22,26 +27,31 @@ from moonpool.sim._builder import (
     TimeLimit,
     UntilAllSometimesReached,
 )
+from moonpool.sim._context import KillKind, ProcessContext, WorkloadContext
 from moonpool.sim._report import (
     AssertionSummary,
     FailureRecord,
+    ProcessEvent,
     RunRecord,
     SimulationFailed,
     SimulationInterrupted,
     SimulationReport,
 )
-from moonpool.sim._state import in_simulation
-from moonpool.sim._state import sim_random as random
-from moonpool.sim._workload import Workload, WorkloadContext
+from moonpool.sim._workload import Process, Workload, WorkloadFunction
 
 __all__ = [
+    "Attrition",
     "AssertionSummary",
     "AssertionViolation",
     "ChaosConfig",
     "FailureRecord",
     "FixedCount",
     "IterationControl",
+    "KillKind",
     "LatencyConfig",
+    "Process",
+    "ProcessContext",
+    "ProcessEvent",
     "RunRecord",
     "SimulationBuilder",
     "SimulationFailed",
@@ -51,6 +61,7 @@ __all__ = [
     "UntilAllSometimesReached",
     "Workload",
     "WorkloadContext",
+    "WorkloadFunction",
     "always",
     "buggify",
     "buggify_with_prob",
@@ -60,3 +71,13 @@ __all__ = [
     "sometimes",
     "unreachable",
 ]
+
+# Tracebacks and reprs show the public names (moonpool.sim.SimulationFailed), not
+# the private modules the classes happen to live in.
+for _cls in (
+    Attrition, AssertionSummary, AssertionViolation, FailureRecord, FixedCount, ProcessContext,
+    ProcessEvent, RunRecord, SimulationBuilder, SimulationFailed, SimulationInterrupted,
+    SimulationReport, TimeLimit, UntilAllSometimesReached, Workload, WorkloadContext,
+):  # fmt: skip
+    _cls.__module__ = __name__
+del _cls

@@ -12,7 +12,7 @@ Outside a simulation every function here does nothing.
 
 from __future__ import annotations
 
-from moonpool.sim._state import AssertionRecord, current_run
+from moonpool._ground._run import AssertionRecord, current_run
 
 __all__ = ["AssertionViolation", "always", "reachable", "sometimes", "unreachable"]
 

@@ -11,7 +11,9 @@ from typing import Self, final
 
 import msgspec
 
+from moonpool._ground._run import AssertionRecord
 from moonpool.net._chaos import ChaosConfig
+from moonpool.sim._attrition import Attrition
 from moonpool.sim._interrupt import ctrl_c_handled
 from moonpool.sim._iteration import (
     IterationConfig,
@@ -26,8 +28,7 @@ from moonpool.sim._report import (
     SimulationInterrupted,
     SimulationReport,
 )
-from moonpool.sim._state import AssertionRecord
-from moonpool.sim._workload import Workload, WorkloadSpec
+from moonpool.sim._workload import Process, ProcessSpec, Workload, WorkloadFunction, WorkloadSpec
 
 __all__ = [
     "FixedCount",
@@ -95,15 +96,19 @@ def _default_replay(seed: int) -> str:
 
 
 class SimulationBuilder:
-    """Collects workloads and settings; :meth:`run` executes one ``trio.run`` per seed.
+    """Collects processes, workloads and settings; :meth:`run` runs one ``trio.run`` per seed.
 
     Chaos is on by default (``ChaosConfig.default()``): a simulation that passes
     only on a perfect network has not been tested.  Pass ``ChaosConfig.none()``
-    explicitly for the rare test that is about something else.
+    explicitly for the rare test that is about something else.  Attrition is
+    off until :meth:`set_attrition`.
     """
 
     def __init__(self) -> None:
+        self._processes: list[ProcessSpec] = []
         self._workloads: list[WorkloadSpec] = []
+        self._attrition: Attrition | None = None
+        self._settle_time = 5.0
         self._control: IterationControl = FixedCount(1)
         self._seeds: list[int] | None = None
         self._base_seed: int | None = None
@@ -118,20 +123,62 @@ class SimulationBuilder:
 
     # -- configuration ------------------------------------------------------------
 
-    def register_workload(self, name: str, fn: Workload, *, count: int = 1) -> Self:
-        """Add a workload; with ``count > 1`` the instances are ``name-0``, ``name-1``, …"""
-        if not name or ":" in name or "/" in name:
-            raise ValueError(f"workload name {name!r} must be non-empty, without ':' or '/'")
-        if count < 1:
-            raise ValueError(f"workload {name!r}: count must be >= 1, got {count}")
+    def register_process(self, name: str, fn: Process, *, count: int = 1) -> Self:
+        """Add a process (the system under test): ``async def fn(ctx: ProcessContext)``.
+
+        It runs from the start of the seed until it is told to shut down at the
+        end, or until attrition (or a workload's ``ctx.kill``) kills it; each boot
+        calls ``fn`` afresh, at the same address.  With ``count > 1`` the
+        instances are ``name-0``, ``name-1``, …
+        """
         if not callable(fn):
-            raise TypeError(f"workload {name!r}: expected an async function, got {fn!r}")
+            raise TypeError(f"process {name!r}: expected an async function, got {fn!r}")
+        for instance in self._instance_names("process", name, count):
+            self._processes.append(ProcessSpec(instance, fn))
+        return self
+
+    def register_workload(
+        self, name: str, workload: WorkloadFunction | type[Workload], *, count: int = 1
+    ) -> Self:
+        """Add a workload (a test driver, never killed).
+
+        ``workload`` is an ``async def fn(ctx: WorkloadContext)`` -- a run phase
+        only -- or a class (a zero-argument factory: one instance per workload and
+        seed) with ``async run(self, ctx)`` and optional ``async setup(self, ctx)``
+        and ``async check(self, ctx)``.  With ``count > 1`` the instances are
+        ``name-0``, ``name-1``, …
+        """
+        specs = [
+            WorkloadSpec.of(instance, workload)
+            for instance in self._instance_names("workload", name, count)
+        ]
+        self._workloads.extend(specs)
+        return self
+
+    def _instance_names(self, role: str, name: str, count: int) -> list[str]:
+        if not isinstance(name, str) or not name or ":" in name or "/" in name:
+            raise ValueError(f"{role} name {name!r} must be non-empty, without ':' or '/'")
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"{role} {name!r}: count must be an integer >= 1, got {count!r}")
         names = [name] if count == 1 else [f"{name}-{i}" for i in range(count)]
-        taken = {spec.name for spec in self._workloads}
+        taken = {spec.name for spec in self._processes} | {spec.name for spec in self._workloads}
         for instance in names:
             if instance in taken:
-                raise ValueError(f"a workload named {instance!r} is already registered")
-            self._workloads.append(WorkloadSpec(instance, fn))
+                raise ValueError(f"a process or workload named {instance!r} is already registered")
+        return names
+
+    def set_attrition(self, attrition: Attrition | None) -> Self:
+        """Kill and reboot processes during the run phase (None: no attrition)."""
+        if attrition is not None and not isinstance(attrition, Attrition):
+            raise TypeError(f"expected an Attrition or None, got {attrition!r}")
+        self._attrition = attrition
+        return self
+
+    def set_settle_time(self, seconds: float) -> Self:
+        """Simulated seconds between the end of chaos and the checks (default 5)."""
+        if not 0 <= seconds < float("inf"):
+            raise ValueError(f"settle time must be finite and >= 0, got {seconds!r}")
+        self._settle_time = seconds
         return self
 
     def set_iteration_control(self, control: IterationControl) -> Self:
@@ -169,7 +216,11 @@ class SimulationBuilder:
         return self
 
     def set_shutdown_grace(self, seconds: float) -> Self:
-        """Simulated seconds a workload has to return once ``ctx.shutdown`` is set."""
+        """Simulated seconds a process has to return once its ``ctx.shutdown`` is set.
+
+        It applies at the end of the simulation and to every graceful reboot
+        (after which a process still running is killed).  Default 60.
+        """
         if seconds <= 0:
             raise ValueError(f"shutdown grace must be positive, got {seconds}")
         self._shutdown_grace = seconds
@@ -240,13 +291,22 @@ class SimulationBuilder:
         left out of the report (a third raises ``KeyboardInterrupt`` at once).
         """
         if not self._workloads:
-            raise ValueError("no workloads registered: call register_workload() before run()")
+            what = (
+                f"{len(self._processes)} process(es) but no workload"
+                if self._processes
+                else ("no workloads")
+            )
+            raise ValueError(
+                f"{what} registered: a simulation needs a workload to drive it and to end its "
+                f"run phase -- call register_workload() before run()"
+            )
         self._apply_environment()
         started = time.perf_counter()
         runs: list[RunRecord] = []
         failures: list[FailureRecord] = []
         assertions: dict[tuple[str, str], AssertionRecord] = {}
         fault_totals: dict[str, int] = {}
+        kills = {spec.name: 0 for spec in self._processes}
         control = self._control
 
         def report(*, interrupted: bool = False) -> SimulationReport:
@@ -263,20 +323,12 @@ class SimulationBuilder:
                 buggify=self._buggify,
                 coverage_required=self._seeds is None,
                 interrupted=interrupted,
+                kills=dict(kills) if self._attrition is not None and kills else None,
             )
 
         with ctrl_c_handled() as ctrl_c:
             for seed in self._seed_stream():
-                chaos_rng = random.Random(f"moonpool/{seed}/chaos-config")
-                config = IterationConfig(
-                    workloads=tuple(self._workloads),
-                    chaos=self._chaos.for_seed(chaos_rng),
-                    buggify=self._buggify,
-                    shutdown_grace=self._shutdown_grace,
-                    sim_time_budget=self._sim_time_budget,
-                    wall_time_budget=self._wall_time_budget,
-                    network_factory=self._network_factory,
-                )
+                config = self._iteration_config(seed)
                 try:
                     result = run_iteration(seed, config, self._replay, ctrl_c)
                 except KeyboardInterrupt as exc:  # Ctrl-C cut the seed short
@@ -285,6 +337,8 @@ class SimulationBuilder:
                 if result.failure is not None:
                     failures.append(result.failure)
                 _merge(assertions, fault_totals, result)
+                for name, count in result.kills.items():
+                    kills[name] += count
                 if self._progress is not None:
                     self._progress(result.record, result.failure)
                 if ctrl_c.stop_requested:
@@ -294,6 +348,26 @@ class SimulationBuilder:
                 if _should_stop(control, len(runs), started, assertions):
                     break
         return report()
+
+    def _iteration_config(self, seed: int) -> IterationConfig:
+        chaos_rng = random.Random(f"moonpool/{seed}/chaos-config")
+        attrition = self._attrition
+        if attrition is not None:
+            attrition = attrition.for_seed(
+                random.Random(f"moonpool/{seed}/attrition-config"), swarm=self._chaos.swarm
+            )
+        return IterationConfig(
+            workloads=tuple(self._workloads),
+            processes=tuple(self._processes),
+            chaos=self._chaos.for_seed(chaos_rng),
+            buggify=self._buggify,
+            attrition=attrition,
+            settle_time=self._settle_time,
+            shutdown_grace=self._shutdown_grace,
+            sim_time_budget=self._sim_time_budget,
+            wall_time_budget=self._wall_time_budget,
+            network_factory=self._network_factory,
+        )
 
 
 def _chaos_summary(chaos: ChaosConfig) -> dict[str, object]:

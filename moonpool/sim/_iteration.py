@@ -1,19 +1,21 @@
 """One simulation iteration: a fresh ``trio.run`` driven entirely by one seed.
 
-The run uses trio's ``MockClock`` in autojump mode (time jumps straight to the next
-deadline whenever every task is blocked, so a simulated hour takes milliseconds)
-and trio's scheduler seeded from the run seed.  An :class:`_Supervisor`
-instrument watches the run loop and ends the iteration -- with a message naming
-who is stuck and where -- on any of:
+The run uses trio's ``MockClock`` in autojump mode (time jumps straight to the
+next deadline whenever every task is blocked, so a simulated hour takes
+milliseconds) and trio's scheduler seeded from the run seed.  One seed's life,
+all in simulated time (FoundationDB's and upstream moonpool's, in trio terms):
 
-* a workload raising (its traceback is kept);
-* an ``always``/``unreachable`` violation;
-* deadlock: no task runnable and no timer pending, so nothing can ever happen;
-* a workload not returning within the shutdown grace period;
-* the simulated-time budget or the wall-clock budget running out.
+1. every process boots; each workload's ``setup`` runs, one after another;
+2. **run**: every workload's ``run`` concurrently, under network chaos, buggify
+   and attrition;
+3. once every ``run`` has returned: chaos stops (partitions heal, clogs clear,
+   buggify stops firing), processes that are down boot again, and traffic
+   settles for ``settle_time``;
+4. **check**: each workload's ``check``, one after another;
+5. every process gets ``ctx.shutdown`` and must return within the grace period.
 
-None of these waits: each is detected on the turn of the run loop where it
-becomes true.
+The :class:`~moonpool.sim._supervisor.Supervisor` instrument ends the seed on
+the first failure.
 """
 
 from __future__ import annotations
@@ -22,29 +24,23 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from math import inf
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
 import trio
 
+from moonpool._ground._run import SimRun, derive_random, reset_current_run, set_current_run
+from moonpool.sim._attrition import Attrition
+from moonpool.sim._context import WorkloadContext
 from moonpool.sim._interrupt import CtrlC
 from moonpool.sim._logs import captured_logs
+from moonpool.sim._processes import Processes
 from moonpool.sim._report import FailureRecord, RunRecord
-from moonpool.sim._state import (
-    _FNV_PRIME,
-    _MASK64,
-    SimRun,
-    derive_random,
-    reset_current_run,
-    set_current_run,
-)
-from moonpool.sim._trio_internals import RunnerProbe, current_runner_probe, seeded_scheduler
-from moonpool.sim._workload import WorkloadContext, WorkloadSpec
+from moonpool.sim._supervisor import Supervisor
+from moonpool.sim._trio_internals import seeded_scheduler
+from moonpool.sim._workload import Phase, ProcessSpec, WorkloadSpec, phase_method
 
 if TYPE_CHECKING:
-    import trio.testing
-
     from moonpool.net import ChaosConfig, NetworkProvider
 
 __all__ = ["IterationConfig", "IterationResult", "NetworkFactory", "run_iteration"]
@@ -65,6 +61,9 @@ class IterationConfig:
     shutdown_grace: float
     sim_time_budget: float
     wall_time_budget: float
+    processes: Sequence[ProcessSpec] = ()
+    attrition: Attrition | None = None
+    settle_time: float = 5.0
     network_factory: NetworkFactory | None = None
 
 
@@ -74,203 +73,140 @@ class IterationResult:
     record: RunRecord
     failure: FailureRecord | None
     run: SimRun
+    kills: dict[str, int]
 
 
-def _describe_waiting_tasks(
-    root: trio.lowlevel.Task | None, index: dict[trio.lowlevel.Task, int]
-) -> str:
-    """Where every task under ``root`` is blocked, for deadlock and shutdown reports."""
-    lines: list[str] = []
-    if root is None:
-        return "  (no tasks)"
-    stack = [root]
-    leaves: list[trio.lowlevel.Task] = []
-    while stack:
-        task = stack.pop()
-        children = [child for nursery in task.child_nurseries for child in nursery.child_tasks]
-        if children:
-            stack.extend(children)
-        else:
-            leaves.append(task)
-    for task in sorted(leaves, key=lambda t: index.get(t, -1)):
-        frames = [f for f, _ in task.iter_await_frames() if "/trio/" not in f.f_code.co_filename]
-        if frames:
-            frame = frames[-1]
-            where = f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
-        else:
-            where = "inside trio"
-        lines.append(f"  task {task.name!r} waits at {where}")
-    return "\n".join(lines) if lines else "  (no tasks)"
+class _Lifecycle:
+    """The five phases of one seed (see the module doc), inside its ``trio.run``."""
 
-
-class _Supervisor(trio.abc.Instrument):
-    """Run-loop instrument: trace hash, failure detection and the iteration's end."""
-
-    def __init__(self, run: SimRun, config: IterationConfig, clock: trio.testing.MockClock) -> None:
-        self.run = run
+    def __init__(self, supervisor: Supervisor, config: IterationConfig) -> None:
+        self.supervisor = supervisor
         self.config = config
-        self.clock = clock
-        self.failure: tuple[str, str, str] | None = None  # kind, message, traceback
-        self.failure_time = 0.0
-        self.cancel_scope: trio.CancelScope | None = None
-        self.shutdown: anyio.Event | None = None
-        self.grace_deadline = inf
-        self.shutdown_reason = ""
-        self.running: dict[str, trio.lowlevel.Task] = {}
-        self.root_task: trio.lowlevel.Task | None = None
-        self._task_index: dict[trio.lowlevel.Task, int] = {}
-        self.ctrl_c = CtrlC()  # replaced by the run's, which the SIGINT handler uses
-        self.interrupted = False
-        self._probe: RunnerProbe | None = None
-        self._turns = 0
-        self._last_time = 0.0
-        self._wall_deadline = time.perf_counter() + config.wall_time_budget
+        self.run = supervisor.run
+        self.network: Any = None
+        self.processes: Processes | None = None
 
-    # -- trio.abc.Instrument hooks ------------------------------------------------
+    def _make_network(self) -> Any:
+        config, run = self.config, self.run
+        if config.network_factory is not None:
+            return config.network_factory(run.seed, config.chaos, run)
+        from moonpool.net._sim_network import SimNetwork
 
-    def before_run(self) -> None:
-        self._probe = current_runner_probe()
+        first = (config.processes or config.workloads)[0].name
+        return SimNetwork(seed=run.seed, chaos=config.chaos, host=first)
 
-    def task_spawned(self, task: trio.lowlevel.Task) -> None:
-        self._task_index[task] = len(self._task_index)
-
-    def task_exited(self, task: trio.lowlevel.Task) -> None:
-        self.run.trace(~self._task_index.get(task, -1))
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        # The hottest hook of a simulation: SimRun.trace inlined (FNV-1a step).
-        run = self.run
-        run.events += 1
-        run.trace_hash = ((run.trace_hash ^ self._task_index[task]) * _FNV_PRIME) & _MASK64
-
-    def before_io_wait(self, timeout: float) -> None:
-        probe = self._probe
-        assert probe is not None
-        self._turns += 1
-        now = self.clock.current_time()
-        if now != self._last_time:
-            # Time is part of the trace: a run that does the same steps at other
-            # times (say, sleeps computed from the wall clock) is a different run.
-            self._last_time = now
-            self.run.trace(hash(now))  # float hashes are not salted by PYTHONHASHSEED
-        if self._turns & 0xFF == 0 and time.perf_counter() > self._wall_deadline:
-            self.fail(
-                "wall_time_budget",
-                f"iteration exceeded its wall-clock budget of {self.config.wall_time_budget}s "
-                f"(sim time {self.clock.current_time():.3f}s); a workload may be spinning "
-                f"without sleeping.\n{_describe_waiting_tasks(self.root_task, self._task_index)}",
-            )
-            return
-        if (
-            not self.running  # all workloads returned: only teardown is left
-            or self.failure is not None
-            or probe.has_runnable_tasks()
-            or probe.has_idle_waiters()
+    async def main(self) -> None:
+        supervisor, config, run = self.supervisor, self.config, self.run
+        supervisor.root_task = trio.lowlevel.current_task()
+        self.network = network = self._make_network()
+        if config.processes and not all(
+            hasattr(network, name) for name in ("for_host", "stop_chaos")
         ):
+            raise TypeError(
+                f"processes need a simulated network with for_host() and stop_chaos() "
+                f"(a SimNetwork); the network factory made {network!r}"
+            )
+        names = [spec.name for spec in config.processes] + [spec.name for spec in config.workloads]
+        addresses = {name: f"{name}:{DEFAULT_PORT}" for name in names}
+        state: dict[str, Any] = {}
+        workload_shutdown = anyio.Event()
+        with supervisor.ctrl_c.cancellable_seed(supervisor.interrupt):
+            async with trio.open_nursery() as nursery:
+                supervisor.cancel_scope = nursery.cancel_scope
+                nursery.start_soon(supervisor.agenda.run, name="moonpool agenda")
+                processes = Processes(
+                    list(config.processes),
+                    run=run,
+                    network=network,
+                    addresses=addresses,
+                    state=state,
+                    agenda=supervisor.agenda,
+                    failures=supervisor,
+                    grace=config.shutdown_grace,
+                )
+                self.processes = processes
+                processes.boot_all(nursery)
+                workloads = []
+                for spec in config.workloads:
+                    ctx = WorkloadContext(
+                        name=spec.name,
+                        address=addresses[spec.name],
+                        peers={n: a for n, a in addresses.items() if n != spec.name},
+                        network=network.for_host(spec.name)
+                        if hasattr(network, "for_host")
+                        else network,
+                        random=derive_random(run.seed, f"workload/{spec.name}"),
+                        shutdown=workload_shutdown,
+                        seed=run.seed,
+                        state=state,
+                        _processes=processes,
+                    )
+                    workloads.append((spec, spec.instantiate(), ctx))
+
+                supervisor.phase = "setup"
+                for spec, instance, ctx in workloads:
+                    await self._phase(spec, instance, ctx, "setup")
+
+                supervisor.phase = "run"
+                processes.start_attrition(config.attrition)
+                async with trio.open_nursery() as running:
+                    for spec, instance, ctx in workloads:
+                        running.start_soon(self._phase, spec, instance, ctx, "run", name=spec.name)
+                processes.end_run_phase()
+                run.chaos_active = False
+                if hasattr(network, "stop_chaos"):
+                    network.stop_chaos()
+                run.trace_text("chaos stopped")
+
+                supervisor.phase = "settle"
+                await trio.sleep(config.settle_time)
+
+                supervisor.phase = "check"
+                for spec, instance, ctx in workloads:
+                    await self._phase(spec, instance, ctx, "check")
+
+                supervisor.phase = "shutdown"
+                workload_shutdown.set()
+                waits = processes.shut_down_all()
+                supervisor.grace_deadline = trio.current_time() + config.shutdown_grace
+                supervisor.still_running = processes.still_running()
+                for done in waits:
+                    await done.wait()
+                    supervisor.still_running = processes.still_running()
+                while processes.live:  # killed incarnations still unwinding
+                    await processes.live[0].done.wait()
+                    supervisor.still_running = processes.still_running()
+                supervisor.finished = True
+                nursery.cancel_scope.cancel()  # the agenda task
+        for family, count in getattr(network, "fault_counts", {}).items():
+            run.faults[family] = run.faults.get(family, 0) + count
+
+    async def _phase(
+        self, spec: WorkloadSpec, instance: object, ctx: WorkloadContext, phase: Phase
+    ) -> None:
+        method = phase_method(spec, instance, phase)
+        if method is None:
             return
-        next_deadline = probe.next_deadline()
-        if next_deadline == inf:
-            after = f" after shutdown ({self.shutdown_reason})" if self.shutdown_reason else ""
-            self.fail(
-                "deadlock",
-                f"deadlock at sim time {now:.3f}s{after}: every task is blocked and no timer "
-                f"is pending, so nothing can ever wake them.\n"
-                f"{_describe_waiting_tasks(self.root_task, self._task_index)}",
-            )
-        elif next_deadline > self.grace_deadline:
-            names = ", ".join(sorted(self.running)) or "?"
-            self.fail(
-                "shutdown_timeout",
-                f"workload(s) {names} did not return within the {self.config.shutdown_grace}s "
-                f"shutdown grace period ({self.shutdown_reason}); a long-running workload "
-                f"must return once ctx.shutdown is set.\n"
-                f"{_describe_waiting_tasks(self.root_task, self._task_index)}",
-            )
-        elif next_deadline > self.config.sim_time_budget:
-            self.fail(
-                "sim_time_budget",
-                f"simulated time budget of {self.config.sim_time_budget}s exhausted: the next "
-                f"timer is at {next_deadline:.3f}s and workloads "
-                f"{', '.join(sorted(self.running))} are still running",
-            )
-
-    # -- iteration control --------------------------------------------------------
-
-    def fail(self, kind: str, message: str, tb: str = "") -> None:
-        """Record the first failure and cancel everything; later ones are consequences."""
-        if self.failure is not None:
-            return
-        self.failure = (kind, message, tb or message)
-        self.failure_time = self.clock.current_time()
-        self.run.trace_text(f"failure:{kind}")
-        if self.cancel_scope is not None:
-            self.cancel_scope.cancel()
-
-    def interrupt(self) -> None:
-        """Ctrl-C asked to stop this seed (called from the run loop, see ``CtrlC``)."""
-        self.interrupted = True
-        if self.cancel_scope is not None:
-            self.cancel_scope.cancel()
-
-    async def run_workload(self, spec: WorkloadSpec, ctx: WorkloadContext) -> None:
-        self.running[spec.name] = trio.lowlevel.current_task()
+        supervisor = self.supervisor
+        task = trio.lowlevel.current_task()
+        supervisor.role_started(task, f"workload {spec.name!r} ({phase})")
         try:
-            await spec.fn(ctx)
+            await method(ctx)
         except Exception as exc:
+            where = f"workload {spec.name!r} ({phase})"
             if self.run.assertion_failures:
                 # A violation is the root cause even when a task group wrapped it.
                 violation = self.run.assertion_failures[0]
-                self.fail(
-                    "assertion", f"workload {spec.name!r}: {violation}", traceback.format_exc()
-                )
+                supervisor.fail("assertion", f"{where}: {violation}", traceback.format_exc())
             else:
-                self.fail(
+                supervisor.fail(
                     "workload_error",
-                    f"workload {spec.name!r} raised {type(exc).__name__}: {exc}",
+                    f"{where} raised {supervisor.describe_exception(exc)}",
                     traceback.format_exc(),
                 )
         finally:
-            del self.running[spec.name]
-            self.run.trace_text(f"returned:{spec.name}")
-            if self.shutdown is not None and not self.shutdown.is_set():
-                now = trio.current_time()
-                self.shutdown_reason = f"set when {spec.name!r} returned at {now:.3f}s"
-                self.grace_deadline = now + self.config.shutdown_grace
-                self.shutdown.set()
-
-
-async def _root(supervisor: _Supervisor) -> None:
-    run, config = supervisor.run, supervisor.config
-    network: Any
-    if config.network_factory is None:
-        from moonpool.net._sim_network import SimNetwork
-
-        network = SimNetwork(seed=run.seed, chaos=config.chaos, host=config.workloads[0].name)
-    else:
-        network = config.network_factory(run.seed, config.chaos, run)
-    addresses = {spec.name: f"{spec.name}:{DEFAULT_PORT}" for spec in config.workloads}
-    shutdown = anyio.Event()
-    supervisor.shutdown = shutdown
-    supervisor.root_task = trio.lowlevel.current_task()
-    with supervisor.ctrl_c.cancellable_seed(supervisor.interrupt):
-        async with trio.open_nursery() as nursery:
-            supervisor.cancel_scope = nursery.cancel_scope
-            for spec in config.workloads:
-                host_network = (
-                    network.for_host(spec.name) if hasattr(network, "for_host") else network
-                )
-                ctx = WorkloadContext(
-                    name=spec.name,
-                    address=addresses[spec.name],
-                    peers={name: addr for name, addr in addresses.items() if name != spec.name},
-                    network=host_network,
-                    random=derive_random(run.seed, f"workload/{spec.name}"),
-                    shutdown=shutdown,
-                    seed=run.seed,
-                )
-                nursery.start_soon(supervisor.run_workload, spec, ctx, name=spec.name)
-    for family, count in getattr(network, "fault_counts", {}).items():
-        run.faults[family] = run.faults.get(family, 0) + count
+            supervisor.role_ended(task)
+            self.run.trace_text(f"returned:{spec.name}:{phase}")
 
 
 def run_iteration(
@@ -290,16 +226,22 @@ def run_iteration(
 
     run = SimRun(seed=seed, buggify_enabled=config.buggify)
     clock = trio.testing.MockClock(autojump_threshold=0)
-    supervisor = _Supervisor(run, config, clock)
+    supervisor = Supervisor(
+        run,
+        clock,
+        sim_time_budget=config.sim_time_budget,
+        wall_time_budget=config.wall_time_budget,
+        shutdown_grace=config.shutdown_grace,
+    )
     if ctrl_c is not None:
         supervisor.ctrl_c = ctrl_c
+    lifecycle = _Lifecycle(supervisor, config)
     token = set_current_run(run)
     started = time.perf_counter()
     try:
         with seeded_scheduler(seed), captured_logs() as log_lines:
             trio.run(
-                _root,
-                supervisor,
+                lifecycle.main,
                 clock=clock,
                 instruments=[supervisor],
                 strict_exception_groups=True,
@@ -310,7 +252,7 @@ def run_iteration(
             # landed in trio's own code), not a failure of this seed.
             raise KeyboardInterrupt from exc
         supervisor.cancel_scope = None  # the run is over: nothing left to cancel
-        supervisor.fail("runtime_error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        supervisor.fail("runtime_error", supervisor.describe_exception(exc), traceback.format_exc())
     finally:
         reset_current_run(token)
     if supervisor.interrupted:
@@ -319,6 +261,7 @@ def run_iteration(
     if supervisor.failure is None and run.assertion_failures:
         supervisor.failure = ("assertion", run.assertion_failures[0], run.assertion_failures[0])
     sim_time = clock.current_time()
+    processes = lifecycle.processes
     record = RunRecord(
         seed=seed,
         ok=supervisor.failure is None,
@@ -327,6 +270,7 @@ def run_iteration(
         events=run.events,
         trace_hash=f"{run.trace_hash:016x}",
         faults=dict(sorted(run.faults.items())),
+        process_events=tuple(processes.events) if processes is not None else (),
     )
     failure = None
     if supervisor.failure is not None:
@@ -343,7 +287,12 @@ def run_iteration(
             sim_time=supervisor.failure_time or sim_time,
             replay=replay_hint(seed),
         )
-    return IterationResult(record=record, failure=failure, run=run)
+    kills = (
+        {name: host.kills for name, host in processes.hosts.items()}
+        if processes is not None
+        else {}
+    )
+    return IterationResult(record=record, failure=failure, run=run, kills=kills)
 
 
 def _is_ctrl_c(exc: BaseException) -> bool:

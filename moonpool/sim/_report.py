@@ -11,6 +11,7 @@ import msgspec
 __all__ = [
     "AssertionSummary",
     "FailureRecord",
+    "ProcessEvent",
     "RunRecord",
     "SimulationFailed",
     "SimulationReport",
@@ -19,8 +20,26 @@ __all__ = [
 
 @final
 @dataclass(frozen=True)
+class ProcessEvent:
+    """A process was killed (``crash``, ``reboot``) or booted again (``restart``).
+
+    ``grace_expired`` marks a graceful reboot that escalated to a crash: the
+    process did not return within the grace period after ``ctx.shutdown``.
+    """
+
+    time: float
+    process: str
+    event: str
+
+
+@final
+@dataclass(frozen=True)
 class RunRecord:
-    """One iteration: its seed, whether it passed, and what it cost."""
+    """One iteration: its seed, whether it passed, and what it cost.
+
+    ``process_events`` lists every kill and restart of the seed, in order, with
+    its simulated time (attrition's and scripted ones alike).
+    """
 
     seed: int
     ok: bool
@@ -29,6 +48,7 @@ class RunRecord:
     events: int
     trace_hash: str
     faults: Mapping[str, int] = field(default_factory=dict)
+    process_events: Sequence[ProcessEvent] = ()
 
 
 @final
@@ -100,6 +120,13 @@ class SimulationReport:
     #: True when Ctrl-C stopped the run early (see :class:`SimulationInterrupted`):
     #: never ``ok``, since the seeds it was asked for did not all run.
     interrupted: bool = False
+    #: Kills per process over every seed, when attrition was configured (else None).
+    kills: Mapping[str, int] | None = None
+
+    @property
+    def never_killed(self) -> list[str]:
+        """Processes attrition never killed in any seed: their failure paths went untested."""
+        return [name for name, count in (self.kills or {}).items() if count == 0]
 
     @property
     def iterations(self) -> int:
@@ -166,6 +193,8 @@ class SimulationReport:
             "buggify": self.buggify,
             "chaos": self.chaos,
             "fault_totals": dict(self.fault_totals),
+            "kills": None if self.kills is None else dict(self.kills),
+            "never_killed": self.never_killed,
             "runs": [asdict(run) for run in self.runs],
             "failures": [asdict(failure) for failure in self.failures],
             "assertions": [
@@ -191,6 +220,14 @@ class SimulationReport:
                 lines.append(f"    {family:<16} {count}")
         else:
             lines.append("  faults injected: none")
+        if self.kills is not None:
+            lines.append(f"  attrition:  {_describe_attrition(self.fault_totals, self.kills)}")
+            if self.never_killed:
+                lines.append(
+                    f"    never killed in {self.iterations} seeds: {', '.join(self.never_killed)}"
+                    " (their crash and restart paths went untested: run more seeds, or kill more"
+                    " often)"
+                )
         if self.assertions:
             lines.append("  assertions:")
             for s in sorted(self.assertions, key=lambda a: (a.kind, a.message)):
@@ -208,6 +245,13 @@ class SimulationReport:
         else:
             lines.append(f"  result: {'SUCCESS' if self.ok else 'FAILURE'}")
         return "\n".join(lines)
+
+
+def _describe_attrition(totals: Mapping[str, int], kills: Mapping[str, int]) -> str:
+    kinds = ", ".join(f"{kind} {totals[kind]}" for kind in ("crash", "reboot") if totals.get(kind))
+    killed = sum(kills.values())
+    text = f"{killed} kills" + (f" ({kinds})" if kinds else "")
+    return f"{text}, {totals.get('restart', 0)} restarts, over {len(kills)} process(es)"
 
 
 def _describe_chaos(chaos: Mapping[str, Any] | None) -> str:

@@ -19,8 +19,8 @@ from typing import Any, Self, final
 import anyio
 import anyio.abc
 
+from moonpool._ground._run import current_run
 from moonpool.net import InvalidAddress, NetworkProvider, parse_address
-from moonpool.sim._state import current_run
 from moonpool.transport._background import BackgroundTasks
 from moonpool.transport._driver import TransportDriver
 from moonpool.transport._envelope import Envelope, RequestResponseEnvelope

@@ -19,6 +19,7 @@ import trio
 
 from moonpool.net import SimNetwork
 from moonpool.sim import (
+    Attrition,
     ChaosConfig,
     FixedCount,
     SimulationBuilder,
@@ -34,6 +35,9 @@ SEEDS = 100
 BASE_SEED = 20_240_601
 ROUNDS = 12
 STREAM_FAILURES = (anyio.BrokenResourceError, anyio.EndOfStream)
+# The echo server crashes or reboots every 4 s on average while clients run.
+ATTRITION = Attrition(max_dead=1, interval=4.0)
+RARE_ATTRITION = Attrition(max_dead=1, interval=60.0)
 
 
 async def receive_exactly(stream: anyio.abc.ByteStream, size: int) -> bytes:
@@ -51,7 +55,7 @@ async def echo_client(ctx: WorkloadContext) -> None:
     """Echo ROUNDS messages, reconnecting through refusals, timeouts and resets."""
     server = ctx.peers["server"]
     done = 0
-    while done < ROUNDS and not ctx.shutdown.is_set():
+    while done < ROUNDS:
         try:
             stream = await ctx.network.connect(server)
         except ConnectionRefusedError:
@@ -63,7 +67,7 @@ async def echo_client(ctx: WorkloadContext) -> None:
             continue
         async with stream:
             try:
-                while done < ROUNDS and not ctx.shutdown.is_set():
+                while done < ROUNDS:
                     message = ctx.random.randbytes(ctx.random.randint(1, 20_000))
                     await stream.send(message)
                     echoed = await receive_exactly(stream, len(message))
@@ -82,7 +86,8 @@ def echo_simulation(chaos: ChaosConfig, seeds: int = SEEDS) -> SimulationBuilder
         .set_base_seed(BASE_SEED)
         .enable_buggify()
         .set_chaos(chaos)
-        .register_workload("server", echo_server)
+        .set_attrition(ATTRITION)
+        .register_process("server", echo_server)
         .register_workload("client", echo_client, count=2)
     )
 
@@ -162,7 +167,9 @@ def test_chaos_breaks_a_client_that_ignores_network_errors() -> None:
         .set_base_seed(BASE_SEED)
         .enable_buggify()
         .set_chaos(ChaosConfig.default())
-        .register_workload("server", echo_server)
+        # Rare kills (one a minute on average), so that some seeds see no fault at all.
+        .set_attrition(RARE_ATTRITION)
+        .register_process("server", echo_server)
         .register_workload("client", naive_client)
     )
     report = builder.run()
@@ -174,7 +181,12 @@ def test_chaos_breaks_a_client_that_ignores_network_errors() -> None:
         assert failure.kind == "workload_error"
         assert any(
             name in failure.error
-            for name in ("ConnectionRefusedError", "BrokenResourceError", "TimeoutError")
+            for name in (
+                "ConnectionRefusedError",
+                "BrokenResourceError",
+                "EndOfStream",
+                "TimeoutError",
+            )
         ), failure.error
     failed = report.failures[0]
     replay = (
@@ -182,7 +194,9 @@ def test_chaos_breaks_a_client_that_ignores_network_errors() -> None:
         .set_seeds([failed.seed])
         .enable_buggify()
         .set_chaos(ChaosConfig.default())
-        .register_workload("server", echo_server)
+        # Rare kills (one a minute on average), so that some seeds see no fault at all.
+        .set_attrition(RARE_ATTRITION)
+        .register_process("server", echo_server)
         .register_workload("client", naive_client)
         .run()
     )

@@ -24,7 +24,7 @@ import anyio
 import pytest
 
 from moonpool.net import InvalidAddress, RealNetwork
-from moonpool.sim import WorkloadContext
+from moonpool.sim import ProcessContext, WorkloadContext
 from moonpool.transport import (
     CheckedEnvelope,
     ClientTransport,
@@ -76,22 +76,26 @@ async def serving(
 # -- the example's workloads, unchanged, on real sockets -------------------------
 
 
-def real_context(name: str, address: str, peers: dict[str, str], shutdown: anyio.Event) -> Any:
-    return WorkloadContext(
+def real_context(
+    kind: type[Any], name: str, address: str, peers: dict[str, str], shutdown: anyio.Event
+) -> Any:
+    return kind(
         name=name,
         address=address,
         peers=peers,
         network=example.AnnouncingNetwork(RealNetwork()),
         random=random.Random(),
         shutdown=shutdown,
-        seed=0,
     )
 
 
 @pytest.mark.parametrize("listen_at", LOOPBACKS)
-async def test_ping_pong_workloads_on_real_sockets(listen_at: str) -> None:
+async def test_ping_pong_workloads_on_real_sockets(
+    listen_at: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(example, "PING_PAUSE", 0.0)  # no need to leave room for attrition
     shutdown = anyio.Event()
-    server_ctx = real_context("server", listen_at, {}, shutdown)
+    server_ctx = real_context(ProcessContext, "server", listen_at, {}, shutdown)
     with anyio.fail_after(LIMIT):
         async with anyio.create_task_group() as group:
             group.start_soon(example.ping_server, server_ctx)
@@ -100,14 +104,16 @@ async def test_ping_pong_workloads_on_real_sockets(listen_at: str) -> None:
             assert not address.endswith(":0")
             async with anyio.create_task_group() as clients:
                 for i in range(3):
-                    ctx = real_context(f"client-{i}", "", {"server": address}, shutdown)
+                    ctx = real_context(
+                        WorkloadContext, f"client-{i}", "", {"server": address}, shutdown
+                    )
                     clients.start_soon(example.ping_client, ctx)
-            # ping_client returns early only once shutdown is set, which it was not:
-            # every client got all its pongs.  ``always`` is a no-op outside a
-            # simulation, so check a pong here by hand as well.
+            # ping_client returns once every ping was answered (or its deadline
+            # passed).  ``always`` is a no-op outside a simulation, so check a pong
+            # here by hand as well.
             async with ClientTransport(RealNetwork()) as client:
                 assert await client.get_reply(address, b"PING me 7") == b"PONG me 7"
-            shutdown.set()  # the server workload closes its transport and returns
+            shutdown.set()  # the server process closes its transport and returns
 
 
 async def test_example_run_real_checks_every_pong() -> None:

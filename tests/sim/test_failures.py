@@ -9,8 +9,10 @@ import pytest
 import trio
 
 from moonpool.sim import (
+    Attrition,
     ChaosConfig,
     FixedCount,
+    ProcessContext,
     SimulationBuilder,
     SimulationFailed,
     WorkloadContext,
@@ -19,9 +21,17 @@ from moonpool.sim import (
 )
 
 
-def _run(*workloads: tuple[str, object], **settings: float) -> SimulationBuilder:
+def _run(
+    *workloads: tuple[str, object],
+    processes: tuple[tuple[str, object], ...] = (),
+    **settings: float,
+) -> SimulationBuilder:
     builder = SimulationBuilder().set_chaos(ChaosConfig.default()).enable_buggify()
     builder.set_iteration_control(FixedCount(3)).set_base_seed(11)
+    if processes:
+        builder.set_attrition(Attrition(max_dead=1, interval=0.5))
+    for name, fn in processes:
+        builder.register_process(name, fn)  # type: ignore[arg-type]
     for name, fn in workloads:
         builder.register_workload(name, fn)  # type: ignore[arg-type]
     if "grace" in settings:
@@ -37,15 +47,19 @@ async def returns_after_a_while(ctx: WorkloadContext) -> None:
     await trio.sleep(1 + ctx.random.random())
 
 
-async def waits_for_shutdown(ctx: WorkloadContext) -> None:
+async def waits_for_shutdown(ctx: ProcessContext) -> None:
     await ctx.shutdown.wait()
 
 
 def test_passing_simulation_reports_success() -> None:
-    report = _run(("server", waits_for_shutdown), ("client", returns_after_a_while)).run()
-    report.assert_success()
-    assert report.iterations == 3
-    assert all(run.ok and 1 <= run.sim_time <= 2 for run in report.runs)
+    report = _run(
+        ("client", returns_after_a_while), processes=(("server", waits_for_shutdown),)
+    ).set_settle_time(1.0)
+    result = report.run()
+    result.assert_success()
+    assert result.iterations == 3
+    # run (1-2 s) + settle (1 s); the server returns at once when told to shut down.
+    assert all(run.ok and 2 <= run.sim_time <= 3 for run in result.runs)
 
 
 def test_workload_exception_fails_with_traceback() -> None:
@@ -53,11 +67,11 @@ def test_workload_exception_fails_with_traceback() -> None:
         await trio.sleep(0.5)
         raise KeyError("missing-key")
 
-    report = _run(("server", waits_for_shutdown), ("client", broken)).run()
+    report = _run(("client", broken), processes=(("server", waits_for_shutdown),)).run()
     assert len(report.failures) == 3
     failure = report.failures[0]
     assert failure.kind == "workload_error"
-    assert "'client' raised KeyError" in failure.error
+    assert failure.error == "workload 'client' (run) raised KeyError: 'missing-key'"
     assert "missing-key" in failure.traceback
     assert "in broken" in failure.traceback
     assert failure.sim_time == pytest.approx(0.5)
@@ -100,26 +114,39 @@ def test_deadlock_is_reported_within_a_second_with_where_tasks_wait() -> None:
         await lock.wait()
 
     started = time.perf_counter()
-    report = _run(("server", waits_for_shutdown), ("stuck", waits_forever)).run()
+    # Attrition is on: its future kills must not keep a deadlocked run alive.
+    report = _run(("stuck", waits_forever), processes=(("server", waits_for_shutdown),)).run()
     assert time.perf_counter() - started < 1.0
     failure = report.failures[0]
     assert failure.kind == "deadlock"
+    assert failure.sim_time == 0
     assert "no timer is pending" in failure.error
-    assert "task 'stuck' waits at" in failure.traceback
-    assert "in waits_forever" in failure.traceback
-    assert "task 'server' waits at" in failure.traceback
+    assert "in the run phase" in failure.error
+    assert "workload 'stuck' (run) waits at" in failure.traceback
+    assert "in test_deadlock_is_reported_within_a_second_with_where_tasks_wait" in (
+        failure.traceback
+    )
+    assert "process 'server' (incarnation 0) waits at" in failure.traceback
+    assert "in waits_for_shutdown" in failure.traceback
 
 
-def test_workload_ignoring_shutdown_is_named() -> None:
-    async def ignores_shutdown(ctx: WorkloadContext) -> None:
+def test_process_ignoring_shutdown_is_named() -> None:
+    async def ignores_shutdown(ctx: ProcessContext) -> None:
         while True:  # noqa: ASYNC110 - deliberately deaf to ctx.shutdown
             await trio.sleep(1)
 
-    report = _run(("client", returns_after_a_while), ("stubborn", ignores_shutdown), grace=5).run()
-    failure = report.failures[0]
+    report = _run(
+        ("client", returns_after_a_while), processes=(("stubborn", ignores_shutdown),), grace=5
+    )
+    # No attrition here: a reboot of a deaf process escalates to a crash, silently.
+    report.set_attrition(None).set_settle_time(0)
+    failure = report.run().failures[0]
     assert failure.kind == "shutdown_timeout"
-    assert "stubborn did not return within the 5" in failure.error
-    assert "'client' returned" in failure.traceback
+    assert "stubborn#0 did not return within the 5" in failure.error
+    assert "process 'stubborn' (incarnation 0) waits at" in failure.traceback
+    assert "in test_process_ignoring_shutdown_is_named.<locals>.ignores_shutdown" in (
+        failure.traceback
+    )
     # Detected at the end of the grace period, not at the time budget.
     assert failure.sim_time < 10
 
@@ -163,9 +190,13 @@ def test_builder_rejects_misuse() -> None:
     builder = SimulationBuilder()
     with pytest.raises(ValueError, match="no workloads registered"):
         builder.run()
+    with pytest.raises(ValueError, match=r"1 process\(es\) but no workload registered"):
+        SimulationBuilder().register_process("server", waits_for_shutdown).run()
     builder.register_workload("client", returns_after_a_while, count=2)
     with pytest.raises(ValueError, match="'client-0' is already registered"):
         builder.register_workload("client", returns_after_a_while, count=2)
+    with pytest.raises(ValueError, match="'client-1' is already registered"):
+        builder.register_process("client-1", waits_for_shutdown)
     with pytest.raises(ValueError, match="without ':'"):
         builder.register_workload("a:b", returns_after_a_while)
     with pytest.raises(ValueError, match="at least 1"):

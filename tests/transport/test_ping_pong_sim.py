@@ -6,13 +6,13 @@ import anyio
 import pytest
 
 from moonpool.sim import (
+    Attrition,
     ChaosConfig,
     FixedCount,
     SimulationBuilder,
     UntilAllSometimesReached,
     WorkloadContext,
     always,
-    sometimes,
 )
 from moonpool.transport import ClientTransport, ConnectionFailed, TransportTimeout
 from tests.transport.ping_pong import example
@@ -50,6 +50,18 @@ def test_ping_pong_swarm_many_seeds() -> None:
 
 
 @pytest.mark.slow
+def test_ping_pong_every_ping_answered_over_a_thousand_seeds() -> None:
+    """The example's strongest claim -- every ping of every client is answered within
+    its deadline, through crashes and reboots -- over 1,000 seeds of default chaos."""
+    report = example.simulation().set_iteration_control(FixedCount(1000)).run()
+    report.assert_success()
+    assert report.iterations == 1000
+    answered = next(a for a in report.assertions if "every ping of every client" in a.message)
+    assert answered.hits == 1000 * 2 * example.PINGS_PER_CLIENT
+    assert report.fault_totals["crash"] > 500 and report.fault_totals["reboot"] > 500
+
+
+@pytest.mark.slow
 def test_ping_pong_chaos_thousand_seeds_swarm() -> None:
     """The chaos nox session: 1,000+ seeds in swarm mode, zero failures."""
     report = (
@@ -63,6 +75,7 @@ def test_ping_pong_chaos_thousand_seeds_swarm() -> None:
 
 
 CONCURRENT = 50
+ATTRITION = Attrition(max_dead=1, interval=2.0)
 
 
 async def burst_client(ctx: WorkloadContext) -> None:
@@ -74,7 +87,8 @@ async def burst_client(ctx: WorkloadContext) -> None:
         async def one(n: int) -> None:
             nonlocal answered
             message = f"PING {ctx.name} {n}".encode()
-            while not ctx.shutdown.is_set():
+            deadline = anyio.current_time() + 60
+            while anyio.current_time() < deadline:
                 try:
                     reply = await transport.get_reply(server, message, timeout=2.0)
                 except (TransportTimeout, ConnectionFailed):
@@ -87,7 +101,7 @@ async def burst_client(ctx: WorkloadContext) -> None:
         async with anyio.create_task_group() as group:
             for n in range(CONCURRENT):
                 group.start_soon(one, n)
-    sometimes(answered == CONCURRENT, "all 50 concurrent pings of a client answered")
+    always(answered == CONCURRENT, "all 50 concurrent pings of a client answered")
 
 
 def test_three_clients_fifty_concurrent_requests_each() -> None:
@@ -95,14 +109,15 @@ def test_three_clients_fifty_concurrent_requests_each() -> None:
         SimulationBuilder()
         .enable_buggify()
         .set_chaos(ChaosConfig.default())
-        .register_workload("server", example.ping_server)
+        .set_attrition(ATTRITION)
+        .register_process("server", example.ping_server)
         .register_workload("client", burst_client, count=3)
         .set_iteration_control(FixedCount(30))
         .run()
     )
     report.assert_success()
     matched = next(a for a in report.assertions if "concurrent pong" in a.message)
-    assert matched.hits >= 30 * CONCURRENT  # at least one client per seed got all 50
+    assert matched.hits == 30 * 3 * CONCURRENT  # every call of every client, every seed
 
 
 async def partition_watcher(ctx: WorkloadContext) -> None:
@@ -110,7 +125,6 @@ async def partition_watcher(ctx: WorkloadContext) -> None:
     network = ctx.network
     await anyio.sleep(0.5)
     network.isolate("server", 5.0)  # type: ignore[attr-defined]
-    await ctx.shutdown.wait()
 
 
 async def patient_client(ctx: WorkloadContext) -> None:
@@ -138,7 +152,8 @@ def test_server_partitioned_away_and_back() -> None:
         SimulationBuilder()
         .enable_buggify()
         .set_chaos(ChaosConfig.default())
-        .register_workload("server", example.ping_server)
+        .set_attrition(ATTRITION)
+        .register_process("server", example.ping_server)
         .register_workload("chaos", partition_watcher)
         .register_workload("client", patient_client)
         .set_iteration_control(FixedCount(20))
@@ -149,15 +164,20 @@ def test_server_partitioned_away_and_back() -> None:
 
 
 def test_shutdown_coordination_server_returns_on_shutdown() -> None:
-    """The client finishes first; the server returns within the grace period."""
+    """Reboots and the final shutdown: the server returns within a 2.5 s grace period
+    (its slowest buggified request takes 2 s), so no reboot escalates to a crash."""
     report = (
         SimulationBuilder()
         .enable_buggify()
         .set_chaos(ChaosConfig.default())
-        .set_shutdown_grace(2.0)
-        .register_workload("server", example.ping_server)
+        .set_shutdown_grace(2.5)
+        .set_attrition(Attrition(max_dead=1, interval=2.0, crash=0.0, reboot=1.0))
+        .register_process("server", example.ping_server)
         .register_workload("client", example.ping_client)
         .set_iteration_control(FixedCount(40))
         .run()
     )
     report.assert_success()
+    events = [event.event for run in report.runs for event in run.process_events]
+    assert events.count("reboot") > 20
+    assert "grace_expired" not in events

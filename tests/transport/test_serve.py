@@ -9,7 +9,15 @@ import pytest
 import trio
 
 from moonpool.net import ChaosConfig, SimNetwork
-from moonpool.sim import FixedCount, SimulationBuilder, WorkloadContext, always, sometimes
+from moonpool.sim import (
+    Attrition,
+    FixedCount,
+    ProcessContext,
+    SimulationBuilder,
+    WorkloadContext,
+    always,
+    sometimes,
+)
 from moonpool.transport import (
     CheckedEnvelope,
     ClientTransport,
@@ -202,7 +210,7 @@ async def test_reply_to_a_departed_client_is_dropped_quietly(autojump_clock: obj
 # -- under chaos ------------------------------------------------------------------------
 
 
-async def serving_server(ctx: WorkloadContext) -> None:
+async def serving_server(ctx: ProcessContext) -> None:
     async def handler(request: ReceivedEnvelope[object]) -> bytes:
         always(request.payload.startswith(b"PING "), "the server only receives pings")
         if ctx.random.random() < 0.05:
@@ -245,7 +253,8 @@ def test_serve_under_chaos() -> None:
         SimulationBuilder()
         .set_chaos(msgspec_replace(chaos, bit_flip=0.01))
         .enable_buggify()
-        .register_workload("server", serving_server)
+        .set_attrition(Attrition(max_dead=1, interval=1.0))
+        .register_process("server", serving_server)
         .register_workload("client", pipelining_client)
         .set_iteration_control(FixedCount(60))
         .run()
@@ -268,7 +277,7 @@ _PING_FRAME = RequestResponseEnvelope.serializer().serialize(
 _BIG_REPLY = b"x" * 300_000  # more than a stream's buffer: the fast path cannot take it all
 
 
-async def big_reply_server(ctx: WorkloadContext) -> None:
+async def big_reply_server(ctx: ProcessContext) -> None:
     async def handler(request: ReceivedEnvelope[object]) -> bytes:
         return _BIG_REPLY
 
@@ -317,7 +326,8 @@ def test_bad_bytes_after_a_request_close_only_their_connection(seeds: list[int] 
         SimulationBuilder()
         .set_chaos(ChaosConfig.default())
         .enable_buggify()
-        .register_workload("server", big_reply_server)
+        .set_attrition(Attrition(max_dead=1, interval=1.0))
+        .register_process("server", big_reply_server)
         .register_workload("client", request_then_garbage_client)
     )
     if seeds is None:

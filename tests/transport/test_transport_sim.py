@@ -16,7 +16,15 @@ import pytest
 import trio
 
 from moonpool.net import ChaosConfig, InvalidAddress, LatencyConfig, SimNetwork
-from moonpool.sim import FixedCount, SimulationBuilder, WorkloadContext, always, sometimes
+from moonpool.sim import (
+    Attrition,
+    FixedCount,
+    ProcessContext,
+    SimulationBuilder,
+    WorkloadContext,
+    always,
+    sometimes,
+)
 from moonpool.transport import (
     CheckedEnvelope,
     ClientTransport,
@@ -389,7 +397,7 @@ async def test_server_serves_every_request_of_every_connection(autojump_clock: o
 # -- multi-seed simulations ----------------------------------------------------------
 
 
-async def checked_server(ctx: WorkloadContext) -> None:
+async def checked_server(ctx: ProcessContext) -> None:
     async with ServerTransport.bind(ctx.network, ctx.address, envelope=CheckedEnvelope) as server:
         async with anyio.create_task_group() as group:
 
@@ -425,7 +433,8 @@ def test_checked_envelope_survives_bit_flips() -> None:
         SimulationBuilder()
         .set_chaos(chaos)
         .enable_buggify()
-        .register_workload("server", checked_server)
+        .set_attrition(Attrition(max_dead=1, interval=2.0))
+        .register_process("server", checked_server)
         .register_workload("client", checked_client)
         .set_iteration_control(FixedCount(40))
         .run()
@@ -455,7 +464,8 @@ def test_protocol_retries_on_connection_loss() -> None:
         SimulationBuilder()
         .set_chaos(msgspec_replace(ChaosConfig.default(), reset=0.05))
         .enable_buggify()
-        .register_workload("server", example.ping_server)
+        .set_attrition(Attrition(max_dead=1, interval=2.0))
+        .register_process("server", example.ping_server)
         .register_workload("client", retrying_client)
         .set_iteration_control(FixedCount(40))
         .run()

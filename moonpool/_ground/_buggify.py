@@ -9,14 +9,25 @@ each call.  Deciding activation per site -- rather than flipping a coin per call
 which explores far more combinations than uniform noise.
 
 Outside a simulation, or when the builder did not call ``enable_buggify()``,
-``buggify()`` is always ``False`` and costs one context-variable lookup.
+``buggify()`` is always ``False`` and costs one context-variable lookup.  It is
+also ``False`` once a simulation's chaos has stopped (after every workload's
+``run`` returned): the settle and check phases see a quiet system.
+
+A site is named ``file.py:function+offset`` -- the file's base name, the
+function's qualified name and the line's offset inside it.  Unlike a module
+name it is the same whether the file was run by the CLI, imported by a test or
+loaded under another package name, and unlike an absolute line number it does
+not move when lines are added above the function, so a seed keeps replaying
+(and keeps activating the same sites) across such edits.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from types import CodeType
 
-from moonpool.sim._state import current_run, derive_random
+from moonpool._ground._run import current_run, derive_random
 
 __all__ = ["buggify", "buggify_with_prob"]
 
@@ -35,14 +46,27 @@ def buggify_with_prob(probability: float) -> bool:
     return _decide(probability, depth=2)
 
 
+_site_names: dict[tuple[CodeType, int], str] = {}
+
+
+def site_name(code: CodeType, line: int) -> str:
+    """The stable name of the buggify site at ``line`` of ``code`` (see the module doc)."""
+    key = (code, line)
+    name = _site_names.get(key)
+    if name is None:
+        name = (
+            f"{os.path.basename(code.co_filename)}:{code.co_qualname}+{line - code.co_firstlineno}"
+        )
+        _site_names[key] = name
+    return name
+
+
 def _decide(probability: float, depth: int) -> bool:
     run = current_run()
-    if run is None or not run.buggify_enabled:
+    if run is None or not run.buggify_enabled or not run.chaos_active:
         return False
     frame = sys._getframe(depth)
-    # Module name + line, not the file path: the same site must have the same
-    # identity on every machine, or a seed would replay differently elsewhere.
-    site = f"{frame.f_globals.get('__name__', '?')}:{frame.f_lineno}"
+    site = site_name(frame.f_code, frame.f_lineno)
     active = run.buggify_sites.get(site)
     if active is None:
         # Activation depends only on (seed, site), not on which site is reached first.

@@ -56,6 +56,9 @@ class SimRun:
     seed: int
     buggify_enabled: bool
     buggify_activation: float = 0.25
+    #: False once every workload's ``run`` has returned: from then on the network
+    #: injects no faults and buggify never fires (the settle and check phases).
+    chaos_active: bool = True
     events: int = 0
     trace_hash: int = 0xCBF29CE484222325
     faults: dict[str, int] = field(default_factory=dict)

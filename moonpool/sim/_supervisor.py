@@ -1,0 +1,175 @@
+"""The run-loop instrument of one seed: trace hash, failure detection, runtime events.
+
+It watches every turn of trio's run loop and ends the seed -- with a message
+naming who is stuck and where, in the user's own lines -- on any of:
+
+* deadlock: no task runnable, no timer pending (the runtime's own future kills
+  do not count: see :mod:`moonpool.sim._agenda`), so nothing can ever happen;
+* processes not returning within the shutdown grace period at the end;
+* the simulated-time budget or the wall-clock budget running out.
+
+Exceptions and assertion violations are reported to it by the tasks that see
+them (:meth:`Supervisor.fail`).  None of these waits: each is detected on the
+turn of the run loop where it becomes true.
+"""
+
+from __future__ import annotations
+
+import time
+from math import inf
+from typing import TYPE_CHECKING
+
+import trio
+
+from moonpool._ground._run import _FNV_PRIME, _MASK64, SimRun
+from moonpool.sim._agenda import Agenda
+from moonpool.sim._hang_report import describe_exception, describe_waiting_tasks
+from moonpool.sim._interrupt import CtrlC
+from moonpool.sim._trio_internals import RunnerProbe, current_runner_probe
+
+if TYPE_CHECKING:
+    import trio.testing
+
+__all__ = ["Supervisor"]
+
+
+class Supervisor(trio.abc.Instrument):
+    """Run-loop instrument and failure sink of one seed (see the module doc)."""
+
+    def __init__(
+        self,
+        run: SimRun,
+        clock: trio.testing.MockClock,
+        *,
+        sim_time_budget: float,
+        wall_time_budget: float,
+        shutdown_grace: float,
+    ) -> None:
+        self.run = run
+        self.clock = clock
+        self.agenda = Agenda()
+        self.sim_time_budget = sim_time_budget
+        self.wall_time_budget = wall_time_budget
+        self.shutdown_grace = shutdown_grace
+        self.failure: tuple[str, str, str] | None = None  # kind, message, traceback
+        self.failure_time = 0.0
+        self.cancel_scope: trio.CancelScope | None = None
+        self.root_task: trio.lowlevel.Task | None = None
+        self.phase = "boot"
+        self.finished = False  # the lifecycle is over: only teardown is left
+        self.grace_deadline = inf  # set when processes are told to shut down
+        self.still_running: list[str] = []  # refreshed by the iteration at shutdown
+        self.ctrl_c = CtrlC()  # replaced by the run's, which the SIGINT handler uses
+        self.interrupted = False
+        self._roles: dict[trio.lowlevel.Task, str] = {}
+        self._task_index: dict[trio.lowlevel.Task, int] = {}
+        self._probe: RunnerProbe | None = None
+        self._turns = 0
+        self._last_time = 0.0
+        self._wall_deadline = time.perf_counter() + wall_time_budget
+
+    # -- trio.abc.Instrument hooks ------------------------------------------------
+
+    def before_run(self) -> None:
+        self._probe = current_runner_probe()
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self._task_index[task] = len(self._task_index)
+
+    def task_exited(self, task: trio.lowlevel.Task) -> None:
+        self.run.trace(~self._task_index.get(task, -1))
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        # The hottest hook of a simulation: SimRun.trace inlined (FNV-1a step).
+        run = self.run
+        run.events += 1
+        run.trace_hash = ((run.trace_hash ^ self._task_index[task]) * _FNV_PRIME) & _MASK64
+
+    def before_io_wait(self, timeout: float) -> None:
+        probe = self._probe
+        assert probe is not None
+        self._turns += 1
+        now = self.clock.current_time()
+        if now != self._last_time:
+            # Time is part of the trace: a run that does the same steps at other
+            # times (say, sleeps computed from the wall clock) is a different run.
+            self._last_time = now
+            self.run.trace(hash(now))  # float hashes are not salted by PYTHONHASHSEED
+        if self._turns & 0xFF == 0 and time.perf_counter() > self._wall_deadline:
+            self.fail(
+                "wall_time_budget",
+                f"iteration exceeded its wall-clock budget of {self.wall_time_budget}s "
+                f"(sim time {now:.3f}s, {self.phase} phase); a task may be spinning without "
+                f"sleeping.\n{self.waiting_tasks()}",
+            )
+            return
+        if (
+            self.finished
+            or self.failure is not None
+            or probe.has_runnable_tasks()
+            or probe.has_idle_waiters()
+        ):
+            return
+        next_deadline = probe.next_deadline()
+        event_at = self.agenda.next_time(next_deadline)
+        if event_at <= self.sim_time_budget and event_at < inf:
+            if event_at > now:
+                self.clock.jump(event_at - now)
+            self.agenda.wake()
+            return
+        if self.phase == "shutdown" and next_deadline > self.grace_deadline:
+            names = ", ".join(self.still_running) or "?"
+            self.fail(
+                "shutdown_timeout",
+                f"process(es) {names} did not return within the {self.shutdown_grace}s "
+                f"shutdown grace period (ctx.shutdown set at "
+                f"{self.grace_deadline - self.shutdown_grace:.3f}s, after every check); a "
+                f"process must return once ctx.shutdown is set.\n{self.waiting_tasks()}",
+            )
+        elif next_deadline == inf:
+            self.fail(
+                "deadlock",
+                f"deadlock at sim time {now:.3f}s in the {self.phase} phase: every task is "
+                f"blocked and no timer is pending, so nothing can ever wake them.\n"
+                f"{self.waiting_tasks()}",
+            )
+        elif min(next_deadline, event_at) > self.sim_time_budget:
+            self.fail(
+                "sim_time_budget",
+                f"simulated time budget of {self.sim_time_budget}s exhausted in the "
+                f"{self.phase} phase: the next timer is at {next_deadline:.3f}s.\n"
+                f"{self.waiting_tasks()}",
+            )
+
+    # -- roles and reports ----------------------------------------------------------
+
+    def role_started(self, task: trio.lowlevel.Task, label: str) -> None:
+        self._roles[task] = label
+
+    def role_ended(self, task: trio.lowlevel.Task) -> None:
+        self._roles.pop(task, None)
+
+    def waiting_tasks(self) -> str:
+        return describe_waiting_tasks(self.root_task, self._roles, self._task_index)
+
+    @staticmethod
+    def describe_exception(exc: BaseException) -> str:
+        return describe_exception(exc)
+
+    # -- iteration control --------------------------------------------------------
+
+    def fail(self, kind: str, message: str, tb: str = "") -> None:
+        """Record the first failure and cancel everything; later ones are consequences."""
+        if self.failure is not None:
+            return
+        self.failure = (kind, message, tb or message)
+        self.failure_time = self.clock.current_time()
+        self.run.trace_text(f"failure:{kind}")
+        if self.cancel_scope is not None:
+            self.cancel_scope.cancel()
+
+    def interrupt(self) -> None:
+        """Ctrl-C asked to stop this seed (called from the run loop, see ``CtrlC``)."""
+        self.interrupted = True
+        if self.cancel_scope is not None:
+            self.cancel_scope.cancel()
