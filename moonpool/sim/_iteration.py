@@ -125,6 +125,19 @@ class _Lifecycle:
                     grace=config.shutdown_grace,
                 )
                 self.processes = processes
+
+                def more_context() -> list[str]:
+                    lines = processes.describe_down()
+                    waiting = workload_shutdown.statistics().tasks_waiting
+                    if waiting and supervisor.phase != "shutdown":
+                        lines.append(
+                            f"  hint: {waiting} task(s) of workloads wait for ctx.shutdown, which "
+                            f"is set only after every check; a server that runs until shutdown "
+                            f"is a process (register_process), not a workload"
+                        )
+                    return lines
+
+                supervisor.more_context = more_context
                 processes.boot_all(nursery)
                 workloads = []
                 for spec in config.workloads:

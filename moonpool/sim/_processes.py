@@ -80,6 +80,7 @@ class ProcessHost:
         # Seconds from going down to the next boot (None: until asked, or the run ends).
         self.pending_restart: float | None = None
         self.kills = 0
+        self.down_since = 0.0
 
     @property
     def up(self) -> bool:
@@ -145,6 +146,7 @@ class ProcessHost:
             self.current.down.set()
         self.current = None
         self.state = "down"
+        self.down_since = trio.current_time()
         self._owner.agenda.cancel(self.grace_entry)
         self.grace_entry = None
         self._owner.process_down(self)
@@ -252,6 +254,21 @@ class Processes:
             killed = " (killed, still unwinding)" if incarnation.crashed else ""
             names.append(f"{context.name}#{context.incarnation}{killed}")
         return names
+
+    def describe_down(self) -> list[str]:
+        """A line per process that is down, for hang and budget reports."""
+        lines = []
+        for name, host in self.hosts.items():
+            if host.state != "down":
+                continue
+            entry = host.restart_entry
+            when = (
+                f"its restart is due at {entry.time:.3f}s"
+                if entry is not None and not entry.cancelled
+                else "it stays down until restarted"
+            )
+            lines.append(f"  process {name!r} is down since {host.down_since:.3f}s; {when}")
+        return lines
 
     # -- kills and restarts --------------------------------------------------------------
 

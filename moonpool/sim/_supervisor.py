@@ -16,6 +16,7 @@ turn of the run loop where it becomes true.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from math import inf
 from typing import TYPE_CHECKING
 
@@ -59,6 +60,8 @@ class Supervisor(trio.abc.Instrument):
         self.finished = False  # the lifecycle is over: only teardown is left
         self.grace_deadline = inf  # set when processes are told to shut down
         self.still_running: list[str] = []  # refreshed by the iteration at shutdown
+        # More lines for hang reports (which processes are down, and until when).
+        self.more_context: Callable[[], list[str]] = list
         self.ctrl_c = CtrlC()  # replaced by the run's, which the SIGINT handler uses
         self.interrupted = False
         self._roles: dict[trio.lowlevel.Task, str] = {}
@@ -150,7 +153,8 @@ class Supervisor(trio.abc.Instrument):
         self._roles.pop(task, None)
 
     def waiting_tasks(self) -> str:
-        return describe_waiting_tasks(self.root_task, self._roles, self._task_index)
+        tasks = describe_waiting_tasks(self.root_task, self._roles, self._task_index)
+        return "\n".join([tasks, *self.more_context()])
 
     @staticmethod
     def describe_exception(exc: BaseException) -> str:

@@ -65,7 +65,7 @@ def test_same_seed_same_trace_in_process() -> None:
     assert len({r.trace_hash for r in one.runs}) == 3, "different seeds, different traces"
 
 
-def _run_in_subprocess(seed: int, hash_seed: str, target: Path = ECHO) -> dict[str, object]:
+def _run_in_subprocess(seed: int, hash_seed: str, target: Path | str = ECHO) -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOONPOOL_")}
     env["PYTHONHASHSEED"] = hash_seed
     completed = subprocess.run(
@@ -74,7 +74,7 @@ def _run_in_subprocess(seed: int, hash_seed: str, target: Path = ECHO) -> dict[s
             "-m",
             "moonpool",
             "run",
-            str(ECHO),
+            str(target),
             "--seed",
             str(seed),
             "--json",
@@ -150,3 +150,64 @@ def test_transport_simulation_is_deterministic_across_processes() -> None:
     assert runs_a[0]["events"] > 100
     assert runs_a[0]["trace_hash"] == runs_b[0]["trace_hash"]
     assert runs_a[0]["faults"] == runs_b[0]["faults"]
+    # Attrition too: the same kills and restarts at the same simulated times...
+    assert runs_a[0]["process_events"], "this seed kills the server"
+    assert runs_a[0]["process_events"] == runs_b[0]["process_events"]
+    # ...and the same run under pytest, in this process, as under the CLI.
+    here = load_example("ping_pong").simulation().set_seeds([seed]).run().runs[0]
+    assert here.trace_hash == runs_a[0]["trace_hash"]
+    assert [[e.time, e.process, e.event] for e in here.process_events] == [
+        [e["time"], e["process"], e["event"]] for e in runs_a[0]["process_events"]
+    ]
+
+
+SITE_MODULE = """
+import trio
+from moonpool.sim import (
+    Attrition, ChaosConfig, FixedCount, ProcessContext, SimulationBuilder, WorkloadContext, buggify,
+)
+
+async def server(ctx: ProcessContext) -> None:
+    while not ctx.shutdown.is_set():
+        await trio.sleep(0.5 if buggify() else 0.1)
+
+async def client(ctx: WorkloadContext) -> None:
+    for _ in range(40):
+        await trio.sleep(0.2 if buggify() else 0.05)
+
+def simulation() -> SimulationBuilder:
+    return (
+        SimulationBuilder().enable_buggify().set_chaos(ChaosConfig.default())
+        .set_attrition(Attrition(interval=2.0))
+        .register_process("server", server).register_workload("client", client)
+        .set_iteration_control(FixedCount(1))
+    )
+"""
+
+
+def test_buggify_sites_replay_under_any_import_name_and_after_edits_above(
+    tmp_path: Path,
+) -> None:
+    """A seed's run does not depend on how the file was loaded, nor on lines added
+    above the functions: buggify sites are named file:function+offset."""
+    import importlib.util
+
+    from moonpool._ground._buggify import site_name
+
+    path = tmp_path / "sites.py"
+    path.write_text(SITE_MODULE)
+    seeds = [11, 12, 13, 14]
+    cli = [_run_in_subprocess(seed, "3", path)["runs"][0] for seed in seeds]  # type: ignore[index]
+    spec = importlib.util.spec_from_file_location("some.other.name", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    imported = module.simulation().set_seeds(seeds).run()
+    assert [run.trace_hash for run in imported.runs] == [run["trace_hash"] for run in cli]
+    assert any(run.faults.get("buggify") for run in imported.runs), "the sites fired"
+    path.write_text("# a comment\n# and another\n\n\n" + SITE_MODULE)
+    edited = [_run_in_subprocess(seed, "4", path)["runs"][0] for seed in seeds]  # type: ignore[index]
+    assert [run["trace_hash"] for run in edited] == [run["trace_hash"] for run in cli]
+    assert site_name(module.client.__code__, module.client.__code__.co_firstlineno + 2) == (
+        "sites.py:client+2"
+    )

@@ -130,6 +130,16 @@ def test_deadlock_is_reported_within_a_second_with_where_tasks_wait() -> None:
     assert "in waits_for_shutdown" in failure.traceback
 
 
+def test_a_server_registered_as_a_workload_gets_a_hint() -> None:
+    """The pre-0.2 pattern (the server as a workload waiting for shutdown) deadlocks
+    now; the report says why and what to do."""
+    report = _run(("client", returns_after_a_while), ("server", waits_for_shutdown)).run()
+    failure = report.failures[0]
+    assert failure.kind == "deadlock"
+    assert "wait for ctx.shutdown, which is set only after every check" in failure.traceback
+    assert "register_process" in failure.traceback
+
+
 def test_process_ignoring_shutdown_is_named() -> None:
     async def ignores_shutdown(ctx: ProcessContext) -> None:
         while True:  # noqa: ASYNC110 - deliberately deaf to ctx.shutdown
