@@ -10,7 +10,8 @@ import pytest
 
 CONTRACT = {
     "moonpool.sim": [
-        "SimulationBuilder", "WorkloadContext", "SimulationReport", "SimulationFailed",
+        "SimulationBuilder", "WorkloadContext", "ProcessContext", "Attrition",
+        "SimulationReport", "SimulationFailed",
         "FixedCount", "TimeLimit", "UntilAllSometimesReached", "ChaosConfig",
         "buggify", "buggify_with_prob", "always", "sometimes", "reachable", "unreachable",
         "random",
@@ -69,3 +70,20 @@ def test_importing_moonpool_does_not_import_test_tools() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_network_and_transport_do_not_import_the_simulation_runtime() -> None:
+    """DESIGN.md rule 5: arrows run downward; net and transport consult the run state
+    in moonpool._ground, never the runtime that sits above them."""
+    code = "import sys, moonpool.net, moonpool.transport\nprint('moonpool.sim' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "False", result.stdout + result.stderr
+
+
+def test_simulation_names_show_their_public_module() -> None:
+    import moonpool.sim
+
+    for name in ("SimulationFailed", "SimulationReport", "ProcessContext", "Attrition"):
+        assert getattr(moonpool.sim, name).__module__ == "moonpool.sim"
