@@ -75,5 +75,13 @@ class BackgroundTasks:
             # An error from the user's own block should come out as itself, as it
             # would from any resource, not wrapped because we happen to host tasks.
             if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
-                raise exc from None
+                # Re-raised as it came, chaining included (`from None` alone would
+                # drop its __cause__: a BindFailed would lose the OSError behind it).
+                cause, context = exc.__cause__, exc.__context__
+                suppress = exc.__suppress_context__
+                try:
+                    raise exc from None
+                finally:
+                    exc.__cause__, exc.__context__ = cause, context
+                    exc.__suppress_context__ = suppress
             raise

@@ -261,7 +261,15 @@ class ServerTransport(Generic[E]):
             raise
         self._tasks = tasks
         self._state = "open"
-        tasks.start_soon(self._accept_loop, name=f"moonpool server accept {self.address}")
+        # The loop gets the listener and the task group as arguments: __aexit__ clears
+        # ``self._tasks`` before the group finishes, and a task cancelled before its
+        # first step (the block exited at once) still starts running.
+        tasks.start_soon(
+            self._accept_loop,
+            self._listener,
+            tasks,
+            name=f"moonpool server accept {self.address}",
+        )
         return self
 
     async def __aexit__(
@@ -465,9 +473,7 @@ class ServerTransport(Generic[E]):
 
     # -- connections ----------------------------------------------------------------
 
-    async def _accept_loop(self) -> None:
-        listener = self._listener
-        assert listener is not None and self._tasks is not None
+    async def _accept_loop(self, listener: Listener, tasks: BackgroundTasks) -> None:
         while True:
             try:
                 stream = await listener.accept()
@@ -498,7 +504,7 @@ class ServerTransport(Generic[E]):
             )
             self._connections[connection_id] = connection
             self.stats.connections_accepted += 1
-            self._tasks.start_soon(
+            tasks.start_soon(
                 self._serve_connection, connection, name=f"moonpool server {connection.source}"
             )
 
