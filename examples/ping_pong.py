@@ -88,7 +88,9 @@ async def ping_server(ctx: ProcessContext) -> None:
             kind, _, rest = request.payload.partition(b" ")
             always(kind == b"PING", "the server only ever receives pings")
             sometimes(ctx.incarnation > 0, "a rebooted server answers a ping")
-            if buggify_with_prob(0.05):
+            slow = buggify_with_prob(0.05)
+            sometimes(slow, "a request is slower than the ping timeout")
+            if slow:
                 # A slow request (GC pause, busy disk): longer than the ping timeout.
                 # Each request has its own task, so it delays nobody else -- handled
                 # in line, one slow request per burst would time out all the others,

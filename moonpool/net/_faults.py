@@ -150,7 +150,7 @@ class FaultInjector:
 
     # -- data path ----------------------------------------------------------------
 
-    def latency(self, src: str, dst: str) -> float:
+    def latency(self, src: str, dst: str, *, count: bool = True) -> float:
         config = self.chaos.latency
         if config is None:
             return 0.0
@@ -163,7 +163,8 @@ class FaultInjector:
             value = base * (0.9 + 0.2 * self.rng.random())
         else:
             value = config.sample(self.rng)
-        self.record("latency")
+        if count:
+            self.record("latency")
         return value
 
     def resets(self, src: str, dst: str) -> bool:

@@ -441,6 +441,7 @@ class _World:
         self.connections = 0
         # Connections with at least one end open and not reset, by id (in order).
         self.live: dict[int, _Connection] = {}
+        self.calmed = trio.Event()  # set by stop_chaos: connects waiting on faults go on
 
     def stop_chaos(self) -> None:
         """No more faults; partitions and clogs end now, and bytes they held move on.
@@ -449,6 +450,7 @@ class _World:
         the link had just come back; the order on each connection is kept.
         """
         self.faults.calm()
+        self.calmed.set()
         now = trio.current_time()
         for connection in list(self.live.values()):
             for direction, (src, dst) in (
@@ -456,7 +458,7 @@ class _World:
                 (connection.reverse, (connection.server.host, connection.client.host)),
             ):
                 direction.clogged_until = min(direction.clogged_until, now)
-                due = now + self.faults.latency(src, dst)
+                due = now + self.faults.latency(src, dst, count=False)
                 if direction.chunks and direction.chunks[-1][0] > due:
                     direction.chunks = deque(
                         (min(arrival, due), data) for arrival, data in direction.chunks
@@ -521,7 +523,10 @@ class SimNetwork:
 
         Each view is one life of that host: the simulation gives every boot of a
         process its own view, so that a crash ends exactly what that boot opened.
+        A view whose life has ended cannot open another: a dead process reaches
+        nobody, through any view.
         """
+        self._life.check_alive(f"open a view of {host}")
         return SimNetwork(host=host, connect_timeout=self.connect_timeout, _world=self._world)
 
     def end_life(self, *, crash: bool) -> None:
@@ -557,12 +562,14 @@ class SimNetwork:
 
     def partition(self, a: str, b: str, duration: float) -> None:
         """Cut traffic between hosts ``a`` and ``b`` for ``duration`` seconds from now."""
+        self._life.check_alive("partition the network")
         now = trio.current_time()
         self._world.faults.partitions.add(Partition(a, b, now, now + duration))
         self._world.faults.record("partition", f"{a}|{b} manual")
 
     def isolate(self, host: str, duration: float) -> None:
         """Cut ``host`` off from every other host for ``duration`` seconds from now."""
+        self._life.check_alive("partition the network")
         now = trio.current_time()
         self._world.faults.partitions.add(Partition(host, None, now, now + duration))
         self._world.faults.record("partition", f"{host} isolated manual")
@@ -595,19 +602,26 @@ class SimNetwork:
         if buggify():
             delay += 0.5
         # The handshake is a round trip; a partition holds it until healed or timed out.
-        delay += faults.latency(self.host, target.host) + faults.latency(target.host, self.host)
-        now = trio.current_time()
-        blocked = faults.partition_until(self.host, target.host, now)
+        handshake = faults.latency(self.host, target.host) + faults.latency(target.host, self.host)
+        delay += handshake
+        started = trio.current_time()
+        blocked = faults.partition_until(self.host, target.host, started)
         if blocked is not None:
-            delay = max(delay, blocked - now)
-        if delay >= self.connect_timeout:
-            await trio.sleep(self.connect_timeout)
-            raise TimeoutError(
-                f"connect to {address} from {self.host} timed out after {self.connect_timeout}s"
-                + (" (network partition)" if blocked is not None else "")
-            )
+            delay = max(delay, blocked - started)
         if delay > 0:
-            await trio.sleep(delay)
+            with trio.move_on_after(min(delay, self.connect_timeout)):
+                await world.calmed.wait()
+            if world.calmed.is_set():
+                # Chaos stopped meanwhile (or before): partitions and injected delays
+                # are gone, only the handshake's own round trip is left.
+                left = started + handshake - trio.current_time()
+                if left > 0:
+                    await trio.sleep(left)
+            elif delay >= self.connect_timeout:
+                raise TimeoutError(
+                    f"connect to {address} from {self.host} timed out after "
+                    f"{self.connect_timeout}s" + (" (network partition)" if blocked else "")
+                )
         self._life.check_alive(f"connect to {address}")  # it may have died meanwhile
         if faults.connect_fails(self.host, address):
             raise ConnectionRefusedError(f"connection to {address} refused (simulated fault)")

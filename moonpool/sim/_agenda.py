@@ -3,14 +3,16 @@
 If attrition slept on a trio timer, a deadlocked program would never look
 deadlocked: the next kill would always be pending, and the run would go on
 killing processes until the time budget ran out.  So the runtime's events live
-here instead, and the supervising instrument fires them when the run is idle:
+here instead, and the supervising instrument fires them when the run is idle
+and the event comes no later than the program's own next timer: the clock
+jumps to it and the agenda task runs it.  With no program timer at all the run
+is deadlocked, whatever the agenda holds -- a program that only a kill, a
+restart or an expiring grace period could wake would hang without them, so it
+is reported, not rescued.
 
-* an event whose time comes before the program's own next timer fires (the
-  clock jumps to it, the agenda task runs it);
-* with no program timer at all, only events that *commit* the world to
-  something -- a restart already scheduled, a grace period already running --
-  are waited for; a future random kill is not, so a stuck program is reported
-  as deadlocked at once.
+Events due at one instant run in one batch; events they schedule for that same
+instant wait for the next turn, so even a zero delay cannot make the agenda
+task spin without letting the run loop (and its budgets) look in.
 """
 
 from __future__ import annotations
@@ -26,12 +28,11 @@ __all__ = ["Agenda"]
 
 
 class _Entry:
-    __slots__ = ("action", "cancelled", "commits", "seq", "time")
+    __slots__ = ("action", "cancelled", "seq", "time")
 
-    def __init__(self, time: float, seq: int, commits: bool, action: Callable[[], None]) -> None:
+    def __init__(self, time: float, seq: int, action: Callable[[], None]) -> None:
         self.time = time
         self.seq = seq
-        self.commits = commits
         self.action = action
         self.cancelled = False
 
@@ -47,9 +48,9 @@ class Agenda:
         self._seq = itertools.count()
         self._parked: trio.lowlevel.Task | None = None
 
-    def at(self, time: float, action: Callable[[], None], *, commits: bool) -> _Entry:
-        """Run ``action()`` at simulated ``time``; ``commits``: see the module doc."""
-        entry = _Entry(time, next(self._seq), commits, action)
+    def at(self, time: float, action: Callable[[], None]) -> _Entry:
+        """Run ``action()`` at simulated ``time`` (see the module doc for when it fires)."""
+        entry = _Entry(time, next(self._seq), action)
         heapq.heappush(self._heap, entry)
         return entry
 
@@ -68,10 +69,7 @@ class Agenda:
         if not self._heap or self._parked is None:
             return inf
         first = self._heap[0].time
-        if program_deadline < inf:
-            return first if first <= program_deadline else inf
-        committed = min((e.time for e in self._heap if e.commits and not e.cancelled), default=inf)
-        return first if first <= committed < inf else inf
+        return first if first <= program_deadline < inf else inf
 
     def wake(self) -> None:
         """Let the agenda task run what is due (called by the instrument, clock already set)."""
@@ -85,8 +83,10 @@ class Agenda:
             self._parked = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(self._abort)
             now = trio.current_time()
+            due = []
             while self._heap and self._heap[0].time <= now:
-                entry = heapq.heappop(self._heap)
+                due.append(heapq.heappop(self._heap))
+            for entry in due:
                 if not entry.cancelled:
                     entry.action()
             await trio.lowlevel.checkpoint()

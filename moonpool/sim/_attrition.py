@@ -23,19 +23,22 @@ import msgspec
 from moonpool._ground._run import derive_random
 from moonpool.sim._context import KILL_KINDS, KillKind
 
-__all__ = ["Attrition", "KillPlan"]
+__all__ = ["MIN_INTERVAL", "Attrition", "KillPlan"]
+
+MIN_INTERVAL = 0.001
 
 
 class Attrition(msgspec.Struct, frozen=True, kw_only=True):
     """How processes are killed during the run phase (see ``set_attrition``).
 
-    ``interval`` is the mean simulated time between kills (a Poisson process);
-    ``crash`` and ``reboot`` are the relative weights of the two kinds (0 turns
-    one off); ``max_dead`` bounds how many processes are down at once, scripted
-    kills included; ``recovery`` is the (low, high) range of the delay before a
-    killed process boots again.  In swarm mode (``ChaosConfig(swarm=True)``)
-    each seed draws its own variant: a subset of the kinds, a ``max_dead``
-    between 1 and this one, and an interval between half and twice this one.
+    ``interval`` is the mean simulated time between kills (a Poisson process, at
+    least a millisecond); ``crash`` and ``reboot`` are the relative weights of
+    the two kinds (0 turns one off); attrition never kills a process while
+    ``max_dead`` are down (processes a workload killed count too); ``recovery``
+    is the (low, high) range of the delay before a killed process boots again.
+    In swarm mode (``ChaosConfig(swarm=True)``) each seed draws its own variant:
+    a subset of the kinds, a ``max_dead`` between 1 and this one, and an
+    interval between half and twice this one.
     """
 
     max_dead: int = 1
@@ -45,20 +48,31 @@ class Attrition(msgspec.Struct, frozen=True, kw_only=True):
     recovery: tuple[float, float] = (0.5, 3.0)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_dead, int) or self.max_dead < 1:
+        if (
+            not isinstance(self.max_dead, int)
+            or isinstance(self.max_dead, bool)
+            or self.max_dead < 1
+        ):
             raise ValueError(f"Attrition.max_dead must be an integer >= 1, got {self.max_dead!r}")
-        # Written so that NaN fails too.
-        if not 0 < self.interval < math.inf:
+        # Written so that NaN fails too.  Below a millisecond, kills would outnumber
+        # everything else the simulation does.
+        if isinstance(self.interval, bool) or not MIN_INTERVAL <= self.interval < math.inf:
             raise ValueError(
-                f"Attrition.interval must be a finite number of seconds > 0, got {self.interval!r}"
+                f"Attrition.interval must be a finite number of seconds >= {MIN_INTERVAL}, "
+                f"got {self.interval!r}"
             )
         for kind in KILL_KINDS:
             weight = getattr(self, kind)
-            if not 0 <= weight < math.inf:
+            if isinstance(weight, bool) or not 0 <= weight < math.inf:
                 raise ValueError(f"Attrition.{kind} is a weight >= 0, got {weight!r}")
         if not any(getattr(self, kind) > 0 for kind in KILL_KINDS):
             raise ValueError("Attrition needs a kind with a weight > 0 (crash= or reboot=)")
-        low, high = self.recovery
+        recovery = self.recovery
+        if not (isinstance(recovery, tuple) and len(recovery) == 2):
+            raise ValueError(
+                f"Attrition.recovery is a (low, high) pair of seconds, got {recovery!r}"
+            )
+        low, high = recovery
         if not 0 <= low <= high < math.inf:
             raise ValueError(
                 f"Attrition.recovery needs finite 0 <= low <= high, got {self.recovery!r}"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -131,8 +133,10 @@ class SimulationBuilder:
         calls ``fn`` afresh, at the same address.  With ``count > 1`` the
         instances are ``name-0``, ``name-1``, …
         """
-        if not callable(fn):
-            raise TypeError(f"process {name!r}: expected an async function, got {fn!r}")
+        if not callable(fn) or _plainly_not_async(fn):
+            raise TypeError(
+                f"process {name!r}: expected an async function (async def fn(ctx)), got {fn!r}"
+            )
         for instance in self._instance_names("process", name, count):
             self._processes.append(ProcessSpec(instance, fn))
         return self
@@ -156,9 +160,12 @@ class SimulationBuilder:
         return self
 
     def _instance_names(self, role: str, name: str, count: int) -> list[str]:
-        if not isinstance(name, str) or not name or ":" in name or "/" in name:
-            raise ValueError(f"{role} name {name!r} must be non-empty, without ':' or '/'")
-        if not isinstance(count, int) or count < 1:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ValueError(
+                f"{role} name {name!r} must be letters, digits, '_', '.' or '-' (it becomes "
+                f"a host name: {role} addresses are NAME:{4500})"
+            )
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise ValueError(f"{role} {name!r}: count must be an integer >= 1, got {count!r}")
         names = [name] if count == 1 else [f"{name}-{i}" for i in range(count)]
         taken = {spec.name for spec in self._processes} | {spec.name for spec in self._workloads}
@@ -176,7 +183,7 @@ class SimulationBuilder:
 
     def set_settle_time(self, seconds: float) -> Self:
         """Simulated seconds between the end of chaos and the checks (default 5)."""
-        if not 0 <= seconds < float("inf"):
+        if isinstance(seconds, bool) or not 0 <= seconds < float("inf"):
             raise ValueError(f"settle time must be finite and >= 0, got {seconds!r}")
         self._settle_time = seconds
         return self
@@ -221,23 +228,17 @@ class SimulationBuilder:
         It applies at the end of the simulation and to every graceful reboot
         (after which a process still running is killed).  Default 60.
         """
-        if seconds <= 0:
-            raise ValueError(f"shutdown grace must be positive, got {seconds}")
-        self._shutdown_grace = seconds
+        self._shutdown_grace = _positive_seconds("shutdown grace", seconds)
         return self
 
     def set_time_budget(self, sim_seconds: float) -> Self:
         """Simulated seconds one iteration may last before it fails (default one hour)."""
-        if sim_seconds <= 0:
-            raise ValueError(f"time budget must be positive, got {sim_seconds}")
-        self._sim_time_budget = sim_seconds
+        self._sim_time_budget = _positive_seconds("time budget", sim_seconds)
         return self
 
     def set_wall_time_budget(self, seconds: float) -> Self:
         """Real seconds one iteration may take before it fails (default 60)."""
-        if seconds <= 0:
-            raise ValueError(f"wall time budget must be positive, got {seconds}")
-        self._wall_time_budget = seconds
+        self._wall_time_budget = _positive_seconds("wall time budget", seconds)
         return self
 
     def set_progress(self, callback: Callable[[RunRecord, FailureRecord | None], None]) -> Self:
@@ -368,6 +369,24 @@ class SimulationBuilder:
             wall_time_budget=self._wall_time_budget,
             network_factory=self._network_factory,
         )
+
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _plainly_not_async(fn: object) -> bool:
+    """A plain function or method that is not ``async def`` (other callables may
+    return awaitables: partials, callable objects -- those are given the benefit)."""
+    return (inspect.isfunction(fn) or inspect.ismethod(fn)) and not (
+        inspect.iscoroutinefunction(fn)
+    )
+
+
+def _positive_seconds(what: str, seconds: float) -> float:
+    # Written so that NaN fails too; an infinite grace or budget would never end.
+    if isinstance(seconds, bool) or not 0 < seconds < float("inf"):
+        raise ValueError(f"{what} must be a finite number of seconds > 0, got {seconds!r}")
+    return seconds
 
 
 def _chaos_summary(chaos: ChaosConfig) -> dict[str, object]:

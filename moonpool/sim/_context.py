@@ -99,11 +99,17 @@ class WorkloadContext:
         is down (it returned, or the grace period ran out and it was killed).
         It stays down until :meth:`restart`, until ``restart_after`` simulated
         seconds have passed, or until the run phase ends -- whichever is first.
-        Scripted kills ignore the attrition's ``max_dead``: you asked for them.
+        A ``"crash"`` also cuts short a reboot under way.  Scripted kills are not
+        held back by the attrition's ``max_dead`` (you asked for them), but they
+        count towards it: attrition kills no one while ``max_dead`` are down.
+        Note that a program blocked with no timer pending is deadlocked even if
+        a ``restart_after`` is due: the runtime's own events never keep it alive.
         """
         if kind not in KILL_KINDS:
             raise ValueError(f"kind must be one of {KILL_KINDS}, got {kind!r}")
-        if restart_after is not None and not 0 <= restart_after < float("inf"):
+        if restart_after is not None and (
+            isinstance(restart_after, bool) or not 0 <= restart_after < float("inf")
+        ):
             raise ValueError(f"restart_after must be >= 0 seconds or None, got {restart_after!r}")
         return await self._control("kill").kill(name, kind, restart_after)
 

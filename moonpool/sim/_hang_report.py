@@ -22,7 +22,7 @@ import trio
 
 import moonpool
 
-__all__ = ["describe_exception", "describe_waiting_tasks", "user_frame"]
+__all__ = ["describe_waiting_tasks", "user_frame"]
 
 
 def _library_dirs() -> tuple[str, ...]:
@@ -92,27 +92,3 @@ def describe_waiting_tasks(
     if internal:
         lines.append(f"  (and {internal} task(s) waiting inside trio, anyio or moonpool)")
     return "\n".join(lines) if lines else "  (no tasks)"
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        found: list[BaseException] = []
-        for inner in exc.exceptions:
-            found.extend(_leaves(inner))
-        return found
-    if isinstance(exc, trio.Cancelled):
-        return []
-    return [exc]
-
-
-def describe_exception(exc: BaseException) -> str:
-    """``Type: message`` of the real error, looking through task groups' exception groups."""
-    leaves = _leaves(exc) or [exc]
-    first = leaves[0]
-    text = f"{type(first).__name__}: {first}" if str(first) else type(first).__name__
-    if len(leaves) > 1:
-        text += f" (and {len(leaves) - 1} more: " + ", ".join(
-            type(other).__name__ for other in leaves[1:4]
-        )
-        text += ", ...)" if len(leaves) > 4 else ")"
-    return text

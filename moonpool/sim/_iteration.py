@@ -32,6 +32,7 @@ import trio
 from moonpool._ground._run import SimRun, derive_random, reset_current_run, set_current_run
 from moonpool.sim._attrition import Attrition
 from moonpool.sim._context import WorkloadContext
+from moonpool.sim._exceptions import describe_exception, split_cancellation, violation_in
 from moonpool.sim._interrupt import CtrlC
 from moonpool.sim._logs import captured_logs
 from moonpool.sim._processes import Processes
@@ -96,127 +97,160 @@ class _Lifecycle:
         return SimNetwork(seed=run.seed, chaos=config.chaos, host=first)
 
     async def main(self) -> None:
-        supervisor, config, run = self.supervisor, self.config, self.run
+        supervisor = self.supervisor
         supervisor.root_task = trio.lowlevel.current_task()
+        try:
+            with supervisor.ctrl_c.cancellable_seed(supervisor.interrupt):
+                await self._lifecycle()
+        except BaseException as exc:
+            # Whatever escapes the lifecycle is the runtime's problem or a bad
+            # configuration (a network factory, a workload class that cannot be
+            # built): say what it was, not "deadlock" while trio tears down.
+            rest, _ = split_cancellation(exc)
+            if rest is not None:
+                supervisor.fail(
+                    "runtime_error",
+                    f"the simulation runtime raised {describe_exception(rest)}",
+                    "".join(traceback.format_exception(rest)),
+                )
+            raise
+        finally:
+            supervisor.finished = True
+            network = self.network
+            for family, count in getattr(network, "fault_counts", {}).items():
+                self.run.faults[family] = self.run.faults.get(family, 0) + count
+
+    async def _lifecycle(self) -> None:
+        supervisor, config, run = self.supervisor, self.config, self.run
         self.network = network = self._make_network()
-        if config.processes and not all(
-            hasattr(network, name) for name in ("for_host", "stop_chaos")
-        ):
+        needed = ("for_host", "stop_chaos", "end_life")
+        if config.processes and not all(hasattr(network, name) for name in needed):
             raise TypeError(
-                f"processes need a simulated network with for_host() and stop_chaos() "
-                f"(a SimNetwork); the network factory made {network!r}"
+                f"processes need a simulated network with for_host(), end_life() and "
+                f"stop_chaos() (a SimNetwork); the network factory made {network!r}"
             )
         names = [spec.name for spec in config.processes] + [spec.name for spec in config.workloads]
         addresses = {name: f"{name}:{DEFAULT_PORT}" for name in names}
         state: dict[str, Any] = {}
         workload_shutdown = anyio.Event()
-        with supervisor.ctrl_c.cancellable_seed(supervisor.interrupt):
-            async with trio.open_nursery() as nursery:
-                supervisor.cancel_scope = nursery.cancel_scope
-                nursery.start_soon(supervisor.agenda.run, name="moonpool agenda")
-                processes = Processes(
-                    list(config.processes),
-                    run=run,
-                    network=network,
-                    addresses=addresses,
-                    state=state,
-                    agenda=supervisor.agenda,
-                    failures=supervisor,
-                    grace=config.shutdown_grace,
-                )
-                self.processes = processes
+        async with trio.open_nursery() as nursery:
+            supervisor.cancel_scope = nursery.cancel_scope
+            nursery.start_soon(supervisor.agenda.run, name="moonpool agenda")
+            processes = Processes(
+                list(config.processes),
+                run=run,
+                network=network,
+                addresses=addresses,
+                state=state,
+                agenda=supervisor.agenda,
+                failures=supervisor,
+                grace=config.shutdown_grace,
+            )
+            self.processes = processes
+            supervisor.still_running = processes.still_running
 
-                def more_context() -> list[str]:
-                    lines = processes.describe_down()
-                    waiting = workload_shutdown.statistics().tasks_waiting
-                    if waiting and supervisor.phase != "shutdown":
-                        lines.append(
-                            f"  hint: {waiting} task(s) of workloads wait for ctx.shutdown, which "
-                            f"is set only after every check; a server that runs until shutdown "
-                            f"is a process (register_process), not a workload"
-                        )
-                    return lines
-
-                supervisor.more_context = more_context
-                processes.boot_all(nursery)
-                workloads = []
-                for spec in config.workloads:
-                    ctx = WorkloadContext(
-                        name=spec.name,
-                        address=addresses[spec.name],
-                        peers={n: a for n, a in addresses.items() if n != spec.name},
-                        network=network.for_host(spec.name)
-                        if hasattr(network, "for_host")
-                        else network,
-                        random=derive_random(run.seed, f"workload/{spec.name}"),
-                        shutdown=workload_shutdown,
-                        seed=run.seed,
-                        state=state,
-                        _processes=processes,
+            def more_context() -> list[str]:
+                lines = processes.describe_down()
+                waiting = workload_shutdown.statistics().tasks_waiting
+                if waiting and supervisor.phase != "shutdown":
+                    lines.append(
+                        f"  hint: {waiting} task(s) of workloads wait for ctx.shutdown, which "
+                        f"is set only after every check; a server that runs until shutdown "
+                        f"is a process (register_process), not a workload"
                     )
-                    workloads.append((spec, spec.instantiate(), ctx))
+                return lines
 
-                supervisor.phase = "setup"
+            supervisor.more_context = more_context
+            workloads = []
+            for spec in config.workloads:
+                ctx = WorkloadContext(
+                    name=spec.name,
+                    address=addresses[spec.name],
+                    peers={n: a for n, a in addresses.items() if n != spec.name},
+                    network=network.for_host(spec.name)
+                    if hasattr(network, "for_host")
+                    else network,
+                    random=derive_random(run.seed, f"workload/{spec.name}"),
+                    shutdown=workload_shutdown,
+                    seed=run.seed,
+                    state=state,
+                    _processes=processes,
+                )
+                try:
+                    instance = spec.instantiate()
+                except Exception as exc:
+                    supervisor.fail(
+                        "workload_error",
+                        f"workload {spec.name!r}: creating it raised {describe_exception(exc)}",
+                        traceback.format_exc(),
+                    )
+                    return
+                workloads.append((spec, instance, ctx))
+            processes.boot_all(nursery)
+
+            supervisor.phase = "setup"
+            for spec, instance, ctx in workloads:
+                await self._phase(spec, instance, ctx, "setup")
+
+            supervisor.phase = "run"
+            processes.start_attrition(config.attrition)
+            async with trio.open_nursery() as running:
                 for spec, instance, ctx in workloads:
-                    await self._phase(spec, instance, ctx, "setup")
+                    running.start_soon(self._phase, spec, instance, ctx, "run", name=spec.name)
+            if supervisor.failure is not None:
+                return
+            processes.end_run_phase()
+            run.chaos_active = False
+            if hasattr(network, "stop_chaos"):
+                network.stop_chaos()
+            run.trace_text("chaos stopped")
 
-                supervisor.phase = "run"
-                processes.start_attrition(config.attrition)
-                async with trio.open_nursery() as running:
-                    for spec, instance, ctx in workloads:
-                        running.start_soon(self._phase, spec, instance, ctx, "run", name=spec.name)
-                processes.end_run_phase()
-                run.chaos_active = False
-                if hasattr(network, "stop_chaos"):
-                    network.stop_chaos()
-                run.trace_text("chaos stopped")
+            supervisor.phase = "settle"
+            await trio.sleep(config.settle_time)
+            # A reboot still in its grace period ends within it; checks see every
+            # process up (or the grace expiry kills and reboots it).
+            with trio.move_on_after(config.shutdown_grace + 1.0):
+                await processes.wait_all_up()
 
-                supervisor.phase = "settle"
-                await trio.sleep(config.settle_time)
+            supervisor.phase = "check"
+            for spec, instance, ctx in workloads:
+                await self._phase(spec, instance, ctx, "check")
 
-                supervisor.phase = "check"
-                for spec, instance, ctx in workloads:
-                    await self._phase(spec, instance, ctx, "check")
-
-                supervisor.phase = "shutdown"
-                workload_shutdown.set()
-                waits = processes.shut_down_all()
-                supervisor.grace_deadline = trio.current_time() + config.shutdown_grace
-                supervisor.still_running = processes.still_running()
-                for done in waits:
-                    await done.wait()
-                    supervisor.still_running = processes.still_running()
-                while processes.live:  # killed incarnations still unwinding
-                    await processes.live[0].done.wait()
-                    supervisor.still_running = processes.still_running()
-                supervisor.finished = True
-                nursery.cancel_scope.cancel()  # the agenda task
-        for family, count in getattr(network, "fault_counts", {}).items():
-            run.faults[family] = run.faults.get(family, 0) + count
+            supervisor.phase = "shutdown"
+            workload_shutdown.set()
+            processes.shut_down_all()
+            supervisor.grace_deadline = trio.current_time() + config.shutdown_grace
+            while processes.live:  # every incarnation, killed ones still unwinding too
+                await processes.live[0].done.wait()
+            nursery.cancel_scope.cancel()  # the agenda task
 
     async def _phase(
         self, spec: WorkloadSpec, instance: object, ctx: WorkloadContext, phase: Phase
     ) -> None:
-        method = phase_method(spec, instance, phase)
-        if method is None:
-            return
         supervisor = self.supervisor
+        await trio.lowlevel.checkpoint()  # a failure cancelled the seed: no more user code
+        method = phase_method(spec, instance, phase)
+        if method is None or supervisor.failure is not None:
+            return
         task = trio.lowlevel.current_task()
         supervisor.role_started(task, f"workload {spec.name!r} ({phase})")
         try:
             await method(ctx)
-        except Exception as exc:
-            where = f"workload {spec.name!r} ({phase})"
-            if self.run.assertion_failures:
-                # A violation is the root cause even when a task group wrapped it.
-                violation = self.run.assertion_failures[0]
-                supervisor.fail("assertion", f"{where}: {violation}", traceback.format_exc())
-            else:
-                supervisor.fail(
-                    "workload_error",
-                    f"{where} raised {supervisor.describe_exception(exc)}",
-                    traceback.format_exc(),
-                )
+        except BaseException as exc:
+            error, cancellation = split_cancellation(exc)
+            if error is not None:
+                where = f"workload {spec.name!r} ({phase})"
+                violation = violation_in(error)
+                if violation is not None:
+                    supervisor.fail("assertion", f"{where}: {violation}", traceback.format_exc())
+                else:
+                    supervisor.fail(
+                        "workload_error",
+                        f"{where} raised {describe_exception(error)}",
+                        traceback.format_exc(),
+                    )
+            if cancellation is not None:
+                raise cancellation from None
         finally:
             supervisor.role_ended(task)
             self.run.trace_text(f"returned:{spec.name}:{phase}")
@@ -268,6 +302,14 @@ def run_iteration(
         supervisor.fail("runtime_error", supervisor.describe_exception(exc), traceback.format_exc())
     finally:
         reset_current_run(token)
+    if supervisor.abandoned and supervisor.failure is not None:
+        kind, message, tb = supervisor.failure
+        note = (
+            f"\n(the seed's teardown got stuck after this failure: {supervisor.abandoned} "
+            f"task(s) kept running or waiting although cancelled -- a shielded wait, or a "
+            f"finally block that never ends -- and were abandoned)"
+        )
+        supervisor.failure = (kind, message, tb.rstrip() + note)
     if supervisor.interrupted:
         raise KeyboardInterrupt(f"Ctrl-C cancelled seed {seed}")
     wall = time.perf_counter() - started

@@ -29,6 +29,7 @@ from moonpool._ground._run import SimRun, derive_random
 from moonpool.sim._agenda import Agenda
 from moonpool.sim._attrition import Attrition, AttritionDraws
 from moonpool.sim._context import KillKind, ProcessContext
+from moonpool.sim._exceptions import describe_exception, split_cancellation, violation_in
 from moonpool.sim._report import ProcessEvent
 from moonpool.sim._workload import ProcessSpec
 
@@ -45,8 +46,6 @@ class SimulatedNetwork(Protocol):
 
 class Failures(Protocol):
     def fail(self, kind: str, message: str, tb: str = "") -> None: ...
-
-    def describe_exception(self, exc: BaseException) -> str: ...
 
     def role_started(self, task: trio.lowlevel.Task, label: str) -> None: ...
 
@@ -125,14 +124,23 @@ class ProcessHost:
                     f"{now:.3f}s although ctx.shutdown was not set: a process runs until it "
                     f"is told to stop (a server whose loop ended is down for good)",
                 )
-        except Exception as exc:
-            if not incarnation.crashed:
-                owner.failures.fail(
-                    "process_error",
-                    f"process {self.name!r} (incarnation {context.incarnation}) raised "
-                    f"{owner.failures.describe_exception(exc)}",
-                    traceback.format_exc(),
-                )
+        except BaseException as exc:
+            error, cancellation = split_cancellation(exc)
+            if error is not None and not incarnation.crashed:
+                where = f"process {self.name!r} (incarnation {context.incarnation})"
+                violation = violation_in(error)
+                if violation is not None:
+                    owner.failures.fail(
+                        "assertion", f"{where}: {violation}", traceback.format_exc()
+                    )
+                else:
+                    owner.failures.fail(
+                        "process_error",
+                        f"{where} raised {describe_exception(error)}",
+                        traceback.format_exc(),
+                    )
+            if cancellation is not None:
+                raise cancellation from None
         finally:
             owner.failures.role_ended(task)
             incarnation.network.end_life(crash=incarnation.crashed)
@@ -167,9 +175,7 @@ class ProcessHost:
             return
         self.state = "stopping"
         incarnation.context.shutdown.set()
-        self.grace_entry = self._owner.agenda.at(
-            trio.current_time() + grace, self._grace_over, commits=True
-        )
+        self.grace_entry = self._owner.agenda.at(trio.current_time() + grace, self._grace_over)
 
     def _grace_over(self) -> None:
         self.grace_entry = None
@@ -205,6 +211,7 @@ class Processes:
         self.nursery: trio.Nursery
         self.phase = "setup"  # "setup", "run", "after" (restart at once), "shutdown"
         self.live: list[_Incarnation] = []  # incarnations whose task has not finished
+        self._all_up = trio.Event()
         self._attrition: AttritionDraws | None = None
         self._next_kill: Any = None
 
@@ -226,16 +233,23 @@ class Processes:
         self.phase = "after"
         self.agenda.cancel(self._next_kill)
         self._next_kill = None
+        if self._ending:
+            return
         for host in self.hosts.values():
             if host.state == "down":
                 self.agenda.cancel(host.restart_entry)
                 host.restart_entry = None
                 self._boot(host)
 
-    def shut_down_all(self) -> list[trio.Event]:
-        """Tell every process to stop for good; the events are set as each returns."""
+    async def wait_all_up(self) -> None:
+        """Return once no process is down or being rebooted."""
+        while any(not host.up for host in self.hosts.values()):
+            self._all_up = trio.Event()
+            await self._all_up.wait()
+
+    def shut_down_all(self) -> None:
+        """Tell every process to stop for good (``live`` empties as each returns)."""
         self.phase = "shutdown"
-        waits: list[trio.Event] = []
         for host in self.hosts.values():
             self.agenda.cancel(host.restart_entry)
             self.agenda.cancel(host.grace_entry)  # the final grace period applies now
@@ -243,8 +257,6 @@ class Processes:
             if incarnation is not None:
                 host.state = "stopping"
                 incarnation.context.shutdown.set()
-                waits.append(incarnation.done)
-        return waits
 
     def still_running(self) -> list[str]:
         """Processes whose task has not finished, with the incarnation when it was killed."""
@@ -284,6 +296,8 @@ class Processes:
         if host.incarnations:
             self.record(host, "restart")
         host.boot()
+        if all(other.up for other in self.hosts.values()):
+            self._all_up.set()
 
     def _kill(self, host: ProcessHost, kind: KillKind, restart_after: float | None) -> None:
         host.kills += 1
@@ -304,7 +318,7 @@ class Processes:
             self._boot(host)  # chaos is over: every process comes back now
         elif self.phase in ("setup", "run") and delay is not None:
             host.restart_entry = self.agenda.at(
-                trio.current_time() + delay, lambda: self._restart_due(host), commits=True
+                trio.current_time() + delay, lambda: self._restart_due(host)
             )
 
     def _restart_due(self, host: ProcessHost) -> None:
@@ -320,7 +334,7 @@ class Processes:
         draws = self._attrition
         assert draws is not None
         self._next_kill = self.agenda.at(
-            trio.current_time() + draws.next_gap(), self._attrition_kill, commits=False
+            trio.current_time() + draws.next_gap(), self._attrition_kill
         )
 
     def _attrition_kill(self) -> None:
@@ -345,10 +359,14 @@ class Processes:
     async def kill(self, name: str, kind: KillKind, restart_after: float | None) -> bool:
         host = self._host(name)
         await trio.lowlevel.checkpoint()
-        if not host.up:
-            return False
         incarnation = host.current
-        assert incarnation is not None
+        if incarnation is None or (host.state == "stopping" and kind != "crash"):
+            return False  # down already, or a reboot already under way
+        if host.state == "stopping":  # a crash cuts a graceful reboot short
+            self.record(host, "crash")
+            host.pending_restart = restart_after
+            host.crash()
+            return True
         self._kill(host, kind, restart_after)
         if kind == "reboot":
             await incarnation.down.wait()

@@ -120,12 +120,14 @@ class SimulationReport:
     #: True when Ctrl-C stopped the run early (see :class:`SimulationInterrupted`):
     #: never ``ok``, since the seeds it was asked for did not all run.
     interrupted: bool = False
-    #: Kills per process over every seed, when attrition was configured (else None).
+    #: Kills per process over every seed (attrition's and scripted ones), when
+    #: attrition was configured (else None).
     kills: Mapping[str, int] | None = None
 
     @property
     def never_killed(self) -> list[str]:
-        """Processes attrition never killed in any seed: their failure paths went untested."""
+        """Processes never killed in any seed although attrition was on: their crash and
+        restart paths went untested."""
         return [name for name, count in (self.kills or {}).items() if count == 0]
 
     @property

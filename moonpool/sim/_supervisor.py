@@ -11,6 +11,12 @@ naming who is stuck and where, in the user's own lines -- on any of:
 Exceptions and assertion violations are reported to it by the tasks that see
 them (:meth:`Supervisor.fail`).  None of these waits: each is detected on the
 turn of the run loop where it becomes true.
+
+A failed seed is cancelled.  If its teardown then gets stuck -- a task shielded
+from the cancellation waits for ever, or keeps retrying in a ``finally`` -- the
+supervisor abandons it: every blocked task gets :class:`SeedAbandoned` raised
+where it waits, through any shield, so ``trio.run`` returns and the next seed
+can run.  The failure says so.
 """
 
 from __future__ import annotations
@@ -24,14 +30,20 @@ import trio
 
 from moonpool._ground._run import _FNV_PRIME, _MASK64, SimRun
 from moonpool.sim._agenda import Agenda
-from moonpool.sim._hang_report import describe_exception, describe_waiting_tasks
+from moonpool.sim._exceptions import SeedAbandoned, describe_exception
+from moonpool.sim._hang_report import describe_waiting_tasks
 from moonpool.sim._interrupt import CtrlC
-from moonpool.sim._trio_internals import RunnerProbe, current_runner_probe
+from moonpool.sim._trio_internals import RunnerProbe, current_runner_probe, force_abort
 
 if TYPE_CHECKING:
     import trio.testing
 
 __all__ = ["Supervisor"]
+
+#: How long a failed seed's teardown may take, in simulated and in real seconds,
+#: before its remaining tasks are abandoned.
+TEARDOWN_SIM_TIME = 30.0
+TEARDOWN_WALL_TIME = 2.0
 
 
 class Supervisor(trio.abc.Instrument):
@@ -59,7 +71,8 @@ class Supervisor(trio.abc.Instrument):
         self.phase = "boot"
         self.finished = False  # the lifecycle is over: only teardown is left
         self.grace_deadline = inf  # set when processes are told to shut down
-        self.still_running: list[str] = []  # refreshed by the iteration at shutdown
+        # The processes whose task has not finished (set by the iteration).
+        self.still_running: Callable[[], list[str]] = list
         # More lines for hang reports (which processes are down, and until when).
         self.more_context: Callable[[], list[str]] = list
         self.ctrl_c = CtrlC()  # replaced by the run's, which the SIGINT handler uses
@@ -70,6 +83,8 @@ class Supervisor(trio.abc.Instrument):
         self._turns = 0
         self._last_time = 0.0
         self._wall_deadline = time.perf_counter() + wall_time_budget
+        self._failure_wall = 0.0
+        self.abandoned = 0  # tasks abandoned in a stuck teardown
 
     # -- trio.abc.Instrument hooks ------------------------------------------------
 
@@ -106,12 +121,10 @@ class Supervisor(trio.abc.Instrument):
                 f"sleeping.\n{self.waiting_tasks()}",
             )
             return
-        if (
-            self.finished
-            or self.failure is not None
-            or probe.has_runnable_tasks()
-            or probe.has_idle_waiters()
-        ):
+        if self.failure is not None or self.interrupted:
+            self._watch_teardown(now, probe)
+            return
+        if self.finished or probe.has_runnable_tasks() or probe.has_idle_waiters():
             return
         next_deadline = probe.next_deadline()
         event_at = self.agenda.next_time(next_deadline)
@@ -121,13 +134,18 @@ class Supervisor(trio.abc.Instrument):
             self.agenda.wake()
             return
         if self.phase == "shutdown" and next_deadline > self.grace_deadline:
-            names = ", ".join(self.still_running) or "?"
+            names = ", ".join(self.still_running()) or "?"
+            how = (
+                "are blocked with no timer pending"
+                if next_deadline == inf
+                else f"were still running when the {self.shutdown_grace}s grace period ended"
+            )
             self.fail(
                 "shutdown_timeout",
-                f"process(es) {names} did not return within the {self.shutdown_grace}s "
-                f"shutdown grace period (ctx.shutdown set at "
-                f"{self.grace_deadline - self.shutdown_grace:.3f}s, after every check); a "
-                f"process must return once ctx.shutdown is set.\n{self.waiting_tasks()}",
+                f"process(es) {names} did not return after ctx.shutdown was set at "
+                f"{self.grace_deadline - self.shutdown_grace:.3f}s, after every check: they "
+                f"{how}; a process must return once ctx.shutdown is set.\n"
+                f"{self.waiting_tasks()}",
             )
         elif next_deadline == inf:
             self.fail(
@@ -143,6 +161,26 @@ class Supervisor(trio.abc.Instrument):
                 f"{self.phase} phase: the next timer is at {next_deadline:.3f}s.\n"
                 f"{self.waiting_tasks()}",
             )
+
+    def _watch_teardown(self, now: float, probe: RunnerProbe) -> None:
+        """Abandon a failed seed whose teardown is stuck (see the module doc)."""
+        if probe.has_runnable_tasks() and time.perf_counter() - self._failure_wall < (
+            TEARDOWN_WALL_TIME
+        ):
+            return
+        stuck = not probe.has_runnable_tasks() and probe.next_deadline() == inf
+        slow = (
+            now - self.failure_time > TEARDOWN_SIM_TIME
+            or time.perf_counter() - self._failure_wall > TEARDOWN_WALL_TIME
+        )
+        if not (stuck or slow) or self.root_task is None:
+            return
+        stack = [self.root_task]
+        while stack:
+            task = stack.pop()
+            stack.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+            if force_abort(task, SeedAbandoned):
+                self.abandoned += 1
 
     # -- roles and reports ----------------------------------------------------------
 
@@ -168,6 +206,7 @@ class Supervisor(trio.abc.Instrument):
             return
         self.failure = (kind, message, tb or message)
         self.failure_time = self.clock.current_time()
+        self._failure_wall = time.perf_counter()
         self.run.trace_text(f"failure:{kind}")
         if self.cancel_scope is not None:
             self.cancel_scope.cancel()
@@ -175,5 +214,7 @@ class Supervisor(trio.abc.Instrument):
     def interrupt(self) -> None:
         """Ctrl-C asked to stop this seed (called from the run loop, see ``CtrlC``)."""
         self.interrupted = True
+        self.failure_time = self.clock.current_time()
+        self._failure_wall = time.perf_counter()
         if self.cancel_scope is not None:
             self.cancel_scope.cancel()

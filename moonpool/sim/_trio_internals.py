@@ -1,6 +1,6 @@
 """Every private trio detail the simulation runtime depends on, in one place.
 
-trio has no public API for two things a deterministic simulator needs:
+trio has no public API for three things a deterministic simulator needs:
 
 1. **A seeded scheduler.**  trio already randomises the order in which tasks that
    became runnable together are stepped (so that programs do not grow hidden
@@ -14,6 +14,12 @@ trio has no public API for two things a deterministic simulator needs:
    loop; it needs "is the run queue empty?" and "when is the next deadline?".
    ``trio.lowlevel.current_statistics()`` answers both but also gathers I/O
    statistics, which is too slow to call per turn, so we read the runner directly.
+
+3. **Ending a seed whose teardown is stuck.**  Once a seed has failed, it is
+   cancelled; a task shielded from that (a ``finally`` retrying forever, say)
+   would keep ``trio.run`` alive for ever.  :func:`force_abort` delivers an
+   exception to a blocked task the way trio delivers a cancellation, but
+   through any shield -- trio's own ``Task._attempt_abort``.
 
 ``tests/sim/test_trio_internals.py`` exercises each of these against the installed
 trio; if an upgrade moves them, that test fails loudly and the pin in
@@ -29,7 +35,7 @@ from typing import Any, Protocol
 
 import trio._core._run as _trio_run
 
-__all__ = ["RunnerProbe", "current_runner_probe", "seeded_scheduler"]
+__all__ = ["RunnerProbe", "current_runner_probe", "force_abort", "seeded_scheduler"]
 
 
 @contextmanager
@@ -85,3 +91,18 @@ def current_runner_probe() -> RunnerProbe:
     Valid from an instrument's ``before_run`` hook onwards.
     """
     return _Probe(_trio_run.GLOBAL_RUN_CONTEXT.runner)
+
+
+def force_abort(task: Any, make_error: Any) -> bool:
+    """Raise ``make_error()`` in ``task`` at the point where it is blocked, shields or not.
+
+    Returns False when the task is not blocked (it is runnable, or running).
+    """
+    if getattr(task, "_abort_func", None) is None:
+        return False
+
+    def raise_error() -> None:
+        raise make_error()
+
+    task._attempt_abort(raise_error)
+    return True

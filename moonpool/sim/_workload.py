@@ -73,14 +73,16 @@ class WorkloadSpec:
                     f"workload {name!r}: class {workload.__name__} needs an "
                     f"'async def run(self, ctx)' method"
                 )
-            for phase in ("setup", "check"):
+            for phase in PHASES:
                 method = getattr(workload, phase, None)
-                if method is not None and not callable(method):
+                if method is not None and not inspect.iscoroutinefunction(method):
                     raise TypeError(
-                        f"workload {name!r}: {workload.__name__}.{phase} is not a method"
+                        f"workload {name!r}: {workload.__name__}.{phase} must be an "
+                        f"'async def {phase}(self, ctx)' method"
                     )
             return cls(name, factory=workload)
-        if not callable(workload):
+        plain = inspect.isfunction(workload) and not inspect.iscoroutinefunction(workload)
+        if not callable(workload) or plain:
             raise TypeError(
                 f"workload {name!r}: expected an async function or a class with an async "
                 f"run(self, ctx) method, got {workload!r}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 from typing import Any
 
 import anyio
@@ -668,3 +669,252 @@ def test_planted_bug_only_attrition_finds_replays_by_seed() -> None:
     assert replay.runs[0].process_events == original.process_events
     # The fixed server passes the same seeds, attrition and all.
     ticket_simulation(survives_reboot=True, attrition=True).run().assert_success()
+
+
+# -- found by review: each of these failed before its fix --------------------------------
+
+
+def test_a_teardown_stuck_behind_a_shield_is_abandoned_not_waited_for() -> None:
+    async def deaf_forever(ctx: WorkloadContext) -> None:
+        try:
+            await trio.sleep(1)
+            raise ValueError("the real failure")
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.Event().wait()  # never set: the teardown can't finish
+
+    async def retries_in_finally(ctx: ProcessContext) -> None:
+        try:
+            await ctx.shutdown.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                while True:  # deregistering from a dead network, forever
+                    with contextlib.suppress(OSError):
+                        await ctx.network.connect("registry:1")
+                    await trio.sleep(1)
+
+    class CrashThenFail:
+        async def run(self, ctx: WorkloadContext) -> None:
+            await ctx.kill("server", "crash")
+            await trio.sleep(1)
+            raise RuntimeError("fail while the crashed process still unwinds")
+
+    started = time.perf_counter()
+    deaf = _single_failure(chaos_builder().register_workload("w", deaf_forever))
+    retrying = _single_failure(
+        chaos_builder()
+        .set_attrition(Attrition(interval=1000.0))
+        .register_process("server", retries_in_finally)
+        .register_workload("w", CrashThenFail)
+    )
+    assert time.perf_counter() - started < 10
+    # The ValueError never got out of its finally block: the workload is stuck there.
+    assert deaf.kind == "deadlock"
+    assert "in test_a_teardown_stuck_behind_a_shield_is_abandoned_not_waited_for" in (
+        deaf.traceback
+    )
+    assert retrying.kind == "workload_error" and "RuntimeError" in retrying.error
+    for failure in (deaf, retrying):
+        assert "teardown got stuck" in failure.traceback and "abandoned" in failure.traceback
+
+
+def test_errors_outside_the_phases_are_named_not_called_deadlocks() -> None:
+    class Unbuildable:
+        def __init__(self) -> None:
+            raise KeyError("no config")
+
+        async def run(self, ctx: WorkloadContext) -> None:
+            pass
+
+    bad_class = _single_failure(chaos_builder().register_workload("w", Unbuildable))
+    assert bad_class.kind == "workload_error"
+    assert "workload 'w': creating it raised KeyError: 'no config'" in bad_class.error
+
+    def broken_factory(seed: int, chaos: ChaosConfig, run: object) -> Any:
+        raise OSError("no network today")
+
+    bad_network = _single_failure(
+        chaos_builder().set_network_factory(broken_factory).register_workload("w", Waits)
+    )
+    assert bad_network.kind == "runtime_error"
+    assert "OSError: no network today" in bad_network.error
+
+    not_sim = _single_failure(
+        chaos_builder()
+        .set_network_factory(lambda seed, chaos, run: object())  # type: ignore[arg-type,return-value]
+        .set_attrition(Attrition())
+        .register_process("server", idle_process)
+        .register_workload("w", Waits)
+    )
+    assert not_sim.kind == "runtime_error"
+    assert "processes need a simulated network" in not_sim.error
+
+    async def exits(ctx: WorkloadContext) -> None:
+        raise SystemExit(3)
+
+    system_exit = _single_failure(chaos_builder().register_workload("w", exits))
+    assert system_exit.kind == "workload_error" and "SystemExit" in system_exit.error
+
+
+def test_a_deadlock_is_reported_at_once_however_many_kills_are_pending() -> None:
+    async def stuck(ctx: WorkloadContext) -> None:
+        await trio.sleep(1)
+        await trio.Event().wait()
+
+    started = time.perf_counter()
+    report = (
+        chaos_builder(seeds=3)
+        .set_attrition(Attrition(max_dead=5, interval=0.2, recovery=(1.0, 10.0)))
+        .register_process("server", idle_process, count=10)
+        .register_workload("stuck", stuck)
+        .run()
+    )
+    assert time.perf_counter() - started < 5
+    assert [f.kind for f in report.failures] == ["deadlock"] * 3
+    assert all(f.sim_time == pytest.approx(1.0) for f in report.failures)
+
+
+def test_a_later_phase_or_workload_never_starts_after_a_failure() -> None:
+    started: list[str] = []
+
+    class Breaks:
+        async def setup(self, ctx: WorkloadContext) -> None:
+            started.append(f"{ctx.name} setup")
+            raise ValueError("setup failed")
+
+        async def run(self, ctx: WorkloadContext) -> None:
+            started.append(f"{ctx.name} run")
+
+    report = (
+        chaos_builder(seeds=1)
+        .set_attrition(Attrition(interval=1000.0))
+        .register_process("server", idle_process)
+        .register_workload("a", Breaks)
+        .register_workload("b", Breaks)
+        .run()
+    )
+    assert started == ["a setup"]
+    assert report.runs[0].process_events == ()
+
+
+def test_shutdown_timeout_names_only_the_processes_still_running() -> None:
+    async def deaf(ctx: ProcessContext) -> None:
+        while True:  # noqa: ASYNC110 - deliberately deaf to ctx.shutdown
+            await trio.sleep(1)
+
+    failure = _single_failure(
+        chaos_builder()
+        .set_attrition(Attrition(interval=1000.0))
+        .set_shutdown_grace(3)
+        .register_process("a-deaf", deaf)
+        .register_process("b-good", idle_process)
+        .register_workload("w", Waits)
+    )
+    assert failure.kind == "shutdown_timeout"
+    assert "process(es) a-deaf#0 did not return" in failure.error
+
+
+def test_a_dead_process_cannot_reach_the_network_through_a_new_view() -> None:
+    outcomes: list[str] = []
+
+    async def sneaky(ctx: ProcessContext) -> None:
+        try:
+            await ctx.shutdown.wait()
+        finally:
+            try:
+                ctx.network.for_host(ctx.name)  # type: ignore[attr-defined]
+                outcomes.append("got a view")
+            except OSError:
+                outcomes.append("refused")
+
+    class CrashIt:
+        async def run(self, ctx: WorkloadContext) -> None:
+            await ctx.kill("server", "crash", restart_after=0.1)
+            await trio.sleep(1)
+
+    chaos_builder(seeds=2).set_attrition(Attrition(interval=1000.0)).register_process(
+        "server", sneaky
+    ).register_workload("w", CrashIt).run().assert_success()
+    # The crashed incarnation is refused; the last one, shut down gracefully, is not.
+    assert outcomes == ["refused", "got a view"] * 2
+
+
+def test_budgets_and_grace_reject_nan_and_infinity() -> None:
+    builder = SimulationBuilder()
+    for setter in (
+        builder.set_shutdown_grace,
+        builder.set_time_budget,
+        builder.set_wall_time_budget,
+    ):
+        for bad in (float("nan"), float("inf"), 0, -1):
+            with pytest.raises(ValueError, match="finite number of seconds"):
+                setter(bad)
+    with pytest.raises(ValueError, match=r">= 0\.001"):
+        Attrition(interval=1e-6)
+
+
+def test_registration_rejects_what_cannot_run() -> None:
+    builder = SimulationBuilder()
+
+    def not_async(ctx: WorkloadContext) -> None:
+        pass
+
+    class SyncRun:
+        def run(self, ctx: WorkloadContext) -> None:
+            pass
+
+    class NoRun:
+        async def check(self, ctx: WorkloadContext) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="async function"):
+        builder.register_process("p", not_async)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="async function"):
+        builder.register_workload("w", not_async)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"'async def run\(self, ctx\)'"):
+        builder.register_workload("w", SyncRun)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"needs an 'async def run"):
+        builder.register_workload("w", NoRun)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="count must be an integer"):
+        builder.register_workload("w", Waits, count=True)
+    with pytest.raises(ValueError, match="letters, digits"):
+        builder.register_workload("two words", Waits)
+
+
+def test_a_connect_held_by_a_partition_goes_through_when_chaos_stops() -> None:
+    times: list[float] = []
+
+    async def dialer(ctx: ProcessContext) -> None:
+        await trio.sleep(0.1)  # after the setup below cut this host off
+        while ctx.incarnation == 0 and not ctx.shutdown.is_set():
+            try:
+                async with await ctx.network.connect(ctx.peers["sink"]):
+                    times.append(trio.current_time())
+                    break
+            except OSError:
+                await trio.sleep(0.05)
+        await ctx.shutdown.wait()
+
+    class Sink:
+        async def setup(self, ctx: WorkloadContext) -> None:
+            self.listener = await ctx.network.listen(ctx.address)
+            ctx.network.isolate("dialer", 100.0)  # type: ignore[attr-defined]
+
+        async def run(self, ctx: WorkloadContext) -> None:
+            await trio.sleep(0.5)  # the run phase ends here; the cut would last 100 s
+
+        async def check(self, ctx: WorkloadContext) -> None:
+            await self.listener.aclose()
+
+    (
+        chaos_builder(seeds=5)
+        .set_chaos(ChaosConfig.default().without(["connect_failure", "partition"]))
+        .set_attrition(Attrition(interval=1000.0))
+        .register_process("dialer", dialer)
+        .register_workload("sink", Sink)
+        .run()
+        .assert_success()
+    )
+    # Each connect completed just after the run phase ended at 0.5 s, not at the
+    # connect timeout (10 s) nor when the cut would have healed (100 s).
+    assert len(times) == 5 and all(0.5 <= t < 0.6 for t in times), times

@@ -6,11 +6,12 @@ pyproject.toml until moonpool/sim/_trio_internals.py is adapted.
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio._core._run as trio_run
 import trio.testing
 
-from moonpool.sim._trio_internals import current_runner_probe, seeded_scheduler
+from moonpool.sim._trio_internals import current_runner_probe, force_abort, seeded_scheduler
 
 
 def _batch_order(seed: int) -> list[int]:
@@ -66,3 +67,36 @@ def test_runner_probe_sees_run_queue_and_deadlines() -> None:
     assert seen["deadline_scoped"] == 5
     assert seen["runnable"] is True
     assert seen["idle_waiters"] is False
+
+
+def test_force_abort_reaches_a_task_blocked_inside_a_shield() -> None:
+    class Stop(BaseException):
+        pass
+
+    seen: list[str] = []
+
+    async def main() -> None:
+        outer = trio.CancelScope()
+
+        async def stuck() -> None:
+            with outer, trio.CancelScope(shield=True):
+                try:
+                    await trio.Event().wait()
+                except Stop:
+                    seen.append("stopped")
+                    raise
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stuck)
+            await trio.testing.wait_all_tasks_blocked()
+            [task] = nursery.child_tasks
+            outer.cancel()  # the shield holds
+            await trio.testing.wait_all_tasks_blocked()
+            assert seen == []
+            assert force_abort(task, Stop)
+            assert not force_abort(task, Stop)  # runnable now: nothing to abort
+
+    with pytest.raises(BaseExceptionGroup) as info:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert info.value.subgroup(Stop) is not None
+    assert seen == ["stopped"]
