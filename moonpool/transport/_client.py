@@ -188,6 +188,13 @@ class ClientTransport:
             waiter.completion = completion
             waiter.event.set()
 
+    def _not_open(self) -> TransportClosed:
+        if self._state == "closed":
+            return TransportClosed("ClientTransport is closed")
+        return TransportClosed(
+            "ClientTransport is not open: use it as 'async with ClientTransport(...)'"
+        )
+
     async def get_reply(
         self,
         destination: str,
@@ -204,32 +211,38 @@ class ClientTransport:
         connection cannot be made or breaks under the request,
         :class:`RemoteError` for an error reply, :class:`SendQueueFull` when the
         peer's queue is full, :class:`TransportClosed` when the transport is
-        closed, and ``ValueError`` (``InvalidAddress``) for a malformed destination.
+        closed, :class:`FrameTooLarge` (before anything is queued) when the request
+        would exceed ``max_frame_size``, header included, and ``ValueError``
+        (``InvalidAddress``) for a malformed destination.  It is a checkpoint
+        (it yields to other tasks) whether it returns or raises.
         """
-        if self._state != "open":
-            raise TransportClosed(
-                "ClientTransport is closed"
-                if self._state == "closed"
-                else "ClientTransport is not open: use it as 'async with ClientTransport(...)'"
+        try:
+            if self._state != "open":
+                raise self._not_open()  # noqa: TRY301 - the except below adds a checkpoint
+            if not isinstance(payload, _BYTES_LIKE):
+                raise TypeError(f"payload must be bytes, got {type(payload).__name__}")  # noqa: TRY301
+            if timeout is None:
+                timeout = self._default_timeout
+            else:
+                _check_timeout(timeout)
+            envelope = envelope or self._default_envelope
+            driver = self._drivers.get(envelope) or self._driver(envelope)
+            peer = driver.peers.get(destination)
+            if peer is None:
+                _check_destination(destination)  # once per peer, not per request
+                peer = driver.get_or_create_peer(destination)
+            peer.check_room()
+            loop = self._loop
+            assert loop is not None
+            correlation_id = driver.protocol.start_request(
+                destination, bytes(payload), now=loop.now(), timeout=timeout
             )
-        if not isinstance(payload, _BYTES_LIKE):
-            raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
-        if timeout is None:
-            timeout = self._default_timeout
-        else:
-            _check_timeout(timeout)
-        envelope = envelope or self._default_envelope
-        driver = self._drivers.get(envelope) or self._driver(envelope)
-        peer = driver.peers.get(destination)
-        if peer is None:
-            _check_destination(destination)  # once per peer, not per request
-            peer = driver.get_or_create_peer(destination)
-        peer.check_room()
-        loop = self._loop
-        assert loop is not None
-        correlation_id = driver.protocol.start_request(
-            destination, bytes(payload), now=loop.now(), timeout=timeout
-        )
+        except BaseException:
+            # Every public async call is a checkpoint, also when it raises (trio's
+            # rule): a retry loop around a call that fails at once must still let
+            # other tasks -- the writer that would make room, say -- run.
+            await anyio.lowlevel.checkpoint()
+            raise
         key = (envelope, correlation_id)
         waiter = self._waiters[key] = _Waiter(loop.new_event())
         try:

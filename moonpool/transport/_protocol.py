@@ -26,6 +26,7 @@ from typing import Generic, NamedTuple, TypeVar, cast, final
 from moonpool.transport._envelope import Envelope, EnvelopeSerializer, ErrorReply
 from moonpool.transport._errors import (
     ConnectionFailed,
+    FrameTooLarge,
     RemoteError,
     SerializationError,
     TransportClosed,
@@ -263,10 +264,22 @@ class TransportProtocol(Generic[E]):
         :class:`TransportClosed` after :meth:`close`.
         """
         self._check_open()
-        frame = self._serializer.serialize(envelope)
+        frame = self._check_size(self._serializer.serialize(envelope))
         stats = self.stats
         stats.envelopes_sent += 1
         stats.bytes_sent += len(frame)
+        return frame
+
+    def _check_size(self, frame: bytes) -> bytes:
+        """Refuse to emit a frame the other side would close the connection for."""
+        if len(frame) > self._max_frame_size:
+            header = self._serializer.header_size
+            raise FrameTooLarge(
+                f"message too large to send: its frame is {len(frame)} bytes ({header}-byte "
+                f"header included), above max_frame_size={self._max_frame_size} bytes; send "
+                f"at most {self._max_frame_size - header} bytes of payload with this envelope, "
+                f"or raise max_frame_size on both sides"
+            )
         return frame
 
     def start_request(self, destination: str, payload: bytes, *, now: float, timeout: float) -> int:
@@ -283,8 +296,10 @@ class TransportProtocol(Generic[E]):
                 f"timeout must be a positive, finite number of seconds, got {timeout!r}"
             )
         correlation_id = self._next_correlation_id
+        frame = self._check_size(
+            self._serializer.serialize(self._envelope.create_request(correlation_id, payload))
+        )
         self._next_correlation_id += 1
-        frame = self._serializer.serialize(self._envelope.create_request(correlation_id, payload))
         pending = _Pending(correlation_id, destination, frame, timeout, now + timeout)
         pending.deadline_seq = self._push_timer(pending.deadline, correlation_id)
         self._pending[correlation_id] = pending

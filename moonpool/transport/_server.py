@@ -154,9 +154,12 @@ class ReceivedEnvelope(Generic[E]):
         )
 
     async def reply(self, payload: bytes) -> None:
-        """Queue the reply (like :meth:`ServerTransport.send_reply`), then checkpoint."""
-        self._server.send_reply(self, payload)
-        await anyio.lowlevel.checkpoint()
+        """Queue the reply (like :meth:`ServerTransport.send_reply`); a checkpoint,
+        also when it raises."""
+        try:
+            self._server.send_reply(self, payload)
+        finally:
+            await anyio.lowlevel.checkpoint()
 
 
 def _source_of(stream: anyio.abc.ByteStream, fallback: str) -> str:
@@ -435,7 +438,10 @@ class ServerTransport(Generic[E]):
         Raises :class:`ConnectionFailed` if that connection is gone (the client will
         see its request fail or time out), :class:`SendQueueFull` if the client is
         not reading its replies, :class:`TransportClosed` after close, and
-        :class:`SerializationError` if the reply cannot be encoded.
+        :class:`SerializationError` if the reply cannot be encoded --
+        :class:`FrameTooLarge` when it would exceed ``max_frame_size`` (header
+        included): nothing is queued then, and the connection stays up for the
+        other replies.
         """
         if self._state != "open":
             raise TransportClosed(f"server {self.address} is closed")

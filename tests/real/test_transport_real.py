@@ -29,6 +29,7 @@ from moonpool.transport import (
     CheckedEnvelope,
     ClientTransport,
     ConnectionFailed,
+    FrameTooLarge,
     ReceivedEnvelope,
     RequestResponseEnvelope,
     ServerTransport,
@@ -291,6 +292,15 @@ async def test_large_payloads_cross_many_reads_and_writes() -> None:
 async def test_an_oversize_request_fails_fast_and_says_why() -> None:
     with anyio.fail_after(LIMIT):
         async with serving() as server, ClientTransport(RealNetwork()) as client:
+            # Over the client's own limit: refused at the call, nothing is sent.
+            with pytest.raises(FrameTooLarge, match="max_frame_size=1048576"):
+                await client.get_reply(server.address, b"x" * (2 * 1024 * 1024), timeout=5.0)
+            assert server.stats.connections_closed_for_bad_input == 0
+        # A client allowed more than the server: the server closes that connection.
+        async with (
+            serving() as server,
+            ClientTransport(RealNetwork(), max_frame_size=4 * 1024 * 1024) as client,
+        ):
             started = time.monotonic()
             with pytest.raises(ConnectionFailed) as info:
                 await client.get_reply(server.address, b"x" * (2 * 1024 * 1024), timeout=5.0)

@@ -1,0 +1,145 @@
+"""An oversize message fails at its caller and hurts nobody else; every public async
+call is a checkpoint, also when it raises.  On real loopback TCP, trio and asyncio.
+
+Before: an oversize request or reply was written anyway, the receiver closed the
+connection on ``FrameTooLarge`` and every other request on it failed with
+``ConnectionFailed``; and a ``get_reply`` that raised before yielding made a naive
+retry loop spin without letting any other task run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from moonpool.net import RealNetwork
+from moonpool.transport import (
+    CheckedEnvelope,
+    ClientTransport,
+    FrameTooLarge,
+    ReceivedEnvelope,
+    RequestResponseEnvelope,
+    ServerTransport,
+    TransportClosed,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.real_network]
+
+LIMIT = 10.0
+MAX_FRAME = 4096
+ENVELOPES = [RequestResponseEnvelope, CheckedEnvelope]
+
+
+def header_size(envelope: Any) -> int:
+    size: int = envelope.serializer().header_size
+    return size
+
+
+def largest_payload(envelope: Any) -> int:
+    """The largest payload whose frame fits in MAX_FRAME whatever its correlation id
+    (found by encoding; CheckedEnvelope's msgpack body grows with the id)."""
+    serializer = envelope.serializer()
+    size = MAX_FRAME
+    largest_id = (1 << 64) - 1
+    while len(serializer.serialize(envelope.create_request(largest_id, b"x" * size))) > MAX_FRAME:
+        size -= 1
+    return size
+
+
+@pytest.mark.parametrize("envelope", ENVELOPES, ids=lambda e: e.__name__)
+async def test_an_oversize_request_fails_at_its_caller_and_nobody_else(envelope: Any) -> None:
+    async def echo(request: ReceivedEnvelope[Any]) -> bytes:
+        return request.payload
+
+    address = "127.0.0.1:0"
+    network = RealNetwork()
+    with anyio.fail_after(LIMIT):
+        async with (
+            ServerTransport.bind(
+                network, address, envelope=envelope, max_frame_size=MAX_FRAME
+            ) as server,
+            anyio.create_task_group() as group,
+        ):
+            group.start_soon(server.serve, echo)
+            async with ClientTransport(
+                network, envelope=envelope, max_frame_size=MAX_FRAME
+            ) as client:
+                assert await client.get_reply(server.address, b"warm up") == b"warm up"
+                fits = b"f" * largest_payload(envelope)
+                assert await client.get_reply(server.address, fits) == fits  # at the limit
+                with pytest.raises(FrameTooLarge) as info:
+                    await client.get_reply(server.address, fits + b"!" * 16)
+                message = str(info.value)
+                assert f"max_frame_size={MAX_FRAME}" in message
+                assert f"{header_size(envelope)}-byte header included" in message
+                # The same connection still serves everyone else.
+                assert await client.get_reply(server.address, b"after") == b"after"
+                assert client.stats(envelope).connection_failures == 0
+            assert server.stats.connections_closed_for_bad_input == 0
+            group.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("envelope", ENVELOPES, ids=lambda e: e.__name__)
+async def test_an_oversize_reply_fails_at_send_reply_and_the_connection_lives(
+    envelope: Any,
+) -> None:
+    errors: list[str] = []
+
+    async def big_or_small(request: ReceivedEnvelope[Any]) -> bytes | None:
+        if request.payload == b"big":
+            try:
+                server.send_reply(request, b"b" * MAX_FRAME)
+            except FrameTooLarge as exc:
+                errors.append(str(exc))
+                return b"too big, sorry"
+        return request.payload
+
+    address = "127.0.0.1:0"
+    network = RealNetwork()
+    with anyio.fail_after(LIMIT):
+        async with (
+            ServerTransport.bind(
+                network, address, envelope=envelope, max_frame_size=MAX_FRAME
+            ) as server,
+            anyio.create_task_group() as group,
+        ):
+            group.start_soon(server.serve, big_or_small)
+            async with ClientTransport(network, envelope=envelope) as client:
+                async with anyio.create_task_group() as calls:
+                    replies: dict[bytes, bytes] = {}
+
+                    async def call(payload: bytes) -> None:
+                        replies[payload] = await client.get_reply(server.address, payload)
+
+                    for payload in (b"one", b"big", b"two"):
+                        calls.start_soon(call, payload)
+                assert replies == {b"one": b"one", b"big": b"too big, sorry", b"two": b"two"}
+                assert client.stats(envelope).connection_failures == 0
+            assert len(errors) == 1 and f"max_frame_size={MAX_FRAME}" in errors[0]
+            group.cancel_scope.cancel()
+
+
+async def test_get_reply_that_raises_at_once_still_lets_other_tasks_run() -> None:
+    network = RealNetwork()
+    ran = 0
+
+    async def other() -> None:
+        nonlocal ran
+        while True:
+            ran += 1
+            await anyio.lowlevel.checkpoint()
+
+    client = ClientTransport(network)
+    with anyio.fail_after(LIMIT):
+        async with anyio.create_task_group() as group:
+            group.start_soon(other)
+            await anyio.lowlevel.checkpoint()
+            before = ran
+            for _ in range(50):  # a naive retry loop around a call that fails at once
+                with pytest.raises(TransportClosed):
+                    await client.get_reply("127.0.0.1:9", b"never open")
+            assert ran - before >= 25, "each failing call must yield to the other task"
+            group.cancel_scope.cancel()
