@@ -11,6 +11,7 @@ from moonpool.transport._envelope import (
     Envelope,
     EnvelopeSerializer,
     ErrorReply,
+    KindedEnvelope,
     RequestResponseEnvelope,
     RequestResponseSerializer,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "ErrorReply",
     "FrameDecoder",
     "FrameTooLarge",
+    "KindedEnvelope",
     "Peer",
     "PeerConfig",
     "PeerStats",

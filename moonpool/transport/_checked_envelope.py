@@ -82,6 +82,13 @@ class CheckedEnvelope(msgspec.Struct, frozen=True, kw_only=True, array_like=True
             self.kind is EnvelopeKind.REPLY or self.kind is EnvelopeKind.ERROR
         ) and self.correlation_id == correlation_id
 
+    def is_request(self) -> bool:
+        """A REQUEST or a ONE_WAY message (implements ``KindedEnvelope``)."""
+        return self.kind is EnvelopeKind.REQUEST or self.kind is EnvelopeKind.ONE_WAY
+
+    def expects_reply(self) -> bool:
+        return self.kind is EnvelopeKind.REQUEST
+
     def remote_error(self) -> str | None:
         """The error message of an ERROR envelope (implements ``ErrorReply``)."""
         if self.kind is not EnvelopeKind.ERROR:

@@ -26,6 +26,7 @@ __all__ = [
     "Envelope",
     "EnvelopeSerializer",
     "ErrorReply",
+    "KindedEnvelope",
     "RequestResponseEnvelope",
     "RequestResponseSerializer",
 ]
@@ -119,6 +120,26 @@ class ErrorReply(Protocol):
 
     def remote_error(self) -> str | None:
         """The remote's error message if this is an error reply, else ``None``."""
+        ...
+
+
+@runtime_checkable
+class KindedEnvelope(Protocol):
+    """Optional capability: an envelope type that says what each envelope is for.
+
+    A server hands only requests and one-way messages to the application, and
+    counts a reply as owed only for requests; replies and error replies arriving
+    at a server are dropped and counted.  Envelope types without it (such as
+    :class:`RequestResponseEnvelope`, whose wire form cannot tell) are taken as
+    requests.
+    """
+
+    def is_request(self) -> bool:
+        """True for a request or a one-way message: something for the application."""
+        ...
+
+    def expects_reply(self) -> bool:
+        """True only for a request: its sender waits for a reply."""
         ...
 
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar, cast, final
 
-from moonpool.transport._envelope import Envelope, EnvelopeSerializer, ErrorReply
+from moonpool.transport._envelope import Envelope, EnvelopeSerializer, ErrorReply, KindedEnvelope
 from moonpool.transport._errors import (
     ConnectionFailed,
     FrameTooLarge,
@@ -120,6 +120,8 @@ class TransportStats:
     replies_matched: int = 0
     remote_errors: int = 0
     dropped_replies: int = 0
+    #: Envelopes a server received that are not requests (replies, error replies).
+    unexpected_envelopes: int = 0
     timeouts: int = 0
     retries: int = 0
     connection_failures: int = 0
@@ -189,6 +191,7 @@ class TransportProtocol(Generic[E]):
         self._envelope = envelope
         self._serializer: EnvelopeSerializer[E] = envelope.serializer()
         self._carries_errors = issubclass(envelope, ErrorReply)
+        self._kinded = issubclass(envelope, KindedEnvelope)
         self._serves_requests = serves_requests
         self._max_frame_size = max_frame_size
         self._retry = retry
@@ -367,6 +370,10 @@ class TransportProtocol(Generic[E]):
 
     def _dispatch(self, source: str, envelope: E) -> None:
         if self._serves_requests:
+            if self._kinded and not cast(KindedEnvelope, envelope).is_request():
+                # A reply or an error sent to a server: nothing asked for it.
+                self.stats.unexpected_envelopes += 1
+                return
             self._received.append((source, envelope))
             return
         correlation_id = envelope.correlation_id

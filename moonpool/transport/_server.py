@@ -23,7 +23,7 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar, final
+from typing import Any, Generic, Self, TypeVar, cast, final
 
 import anyio
 import anyio.abc
@@ -33,7 +33,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from moonpool.net import InvalidAddress, Listener, NetworkProvider
 from moonpool.net._nowait import nonblocking_sender
 from moonpool.transport._background import BackgroundTasks
-from moonpool.transport._envelope import Envelope, RequestResponseEnvelope
+from moonpool.transport._envelope import Envelope, KindedEnvelope, RequestResponseEnvelope
 from moonpool.transport._errors import (
     BindFailed,
     ConnectionFailed,
@@ -134,14 +134,29 @@ class _Connection:
 class ReceivedEnvelope(Generic[E]):
     """A request as the server application sees it."""
 
-    __slots__ = ("_answered", "_connection", "_server", "envelope", "payload", "source")
+    __slots__ = (
+        "_answered",
+        "_connection",
+        "_server",
+        "envelope",
+        "expects_reply",
+        "payload",
+        "source",
+    )
 
     def __init__(
-        self, envelope: E, source: str, connection: _Connection, server: ServerTransport[E]
+        self,
+        envelope: E,
+        source: str,
+        connection: _Connection,
+        server: ServerTransport[E],
+        expects_reply: bool = True,
     ) -> None:
         self.envelope = envelope
         self.payload = envelope.extract_payload()
         self.source = source
+        #: False for a one-way message (a ``KindedEnvelope`` that wants no reply).
+        self.expects_reply = expects_reply
         self._connection = connection
         self._server = server
         # Whether a reply was queued: only the first one counts the request answered.
@@ -200,6 +215,7 @@ class ServerTransport(Generic[E]):
         self._protocol: TransportProtocol[E] = TransportProtocol(
             envelope, serves_requests=True, max_frame_size=max_frame_size
         )
+        self._kinded = issubclass(envelope, KindedEnvelope)
         self._max_connections = max_connections
         self._max_queued_replies = max_queued_replies
         self._drain_timeout = drain_timeout
@@ -448,6 +464,8 @@ class ServerTransport(Generic[E]):
         connection = request._connection
         if request._server is not self:
             raise ValueError("this request was received by another ServerTransport")
+        if not request.expects_reply:
+            raise ValueError(f"{request!r} is a one-way message: its sender expects no reply")
         if connection.closed:
             raise ConnectionFailed(
                 f"cannot reply to {request.source}: its connection closed before the reply"
@@ -584,6 +602,7 @@ class ServerTransport(Generic[E]):
         """Every request decoded so far, each counted as owed by its connection."""
         received: list[ReceivedEnvelope[E]] = []
         protocol = self._protocol
+        kinded = self._kinded
         while (item := protocol.poll_receive()) is not None:
             # The protocol's queue is shared by every connection: route each request
             # by the source the protocol recorded, never by "who is reading now".
@@ -594,10 +613,15 @@ class ServerTransport(Generic[E]):
                 # request): nobody to answer.
                 continue
             self.stats.requests_received += 1
-            # Counted before any is handled, so that replies to all but the last
-            # of a pipelined batch wait in the outbox and leave in one write.
-            origin.outstanding += 1
-            received.append(ReceivedEnvelope(envelope, origin.source, origin, self))
+            expects_reply = not kinded or cast(KindedEnvelope, envelope).expects_reply()
+            request = ReceivedEnvelope(envelope, origin.source, origin, self, expects_reply)
+            if expects_reply:
+                # Counted before any is handled, so that replies to all but the last
+                # of a pipelined batch wait in the outbox and leave in one write.
+                origin.outstanding += 1
+            else:
+                request._answered = True  # a one-way message is owed nothing
+            received.append(request)
         return received
 
     async def _deliver(self, requests: list[ReceivedEnvelope[E]]) -> bool:
