@@ -105,10 +105,17 @@ class _Connection:
             self._answered.set()
 
     def shut(self) -> None:
-        """No more replies: the connection is closing (idempotent)."""
+        """No more replies: the connection is closing (idempotent).
+
+        Replies still queued can never be written now: they are dropped at once,
+        not kept until the last reference to the connection goes (a request the
+        application still holds is one), which let a closed connection hold tens
+        of megabytes of unread replies.
+        """
         self.closed = True
         self.tasks = None
         self.outbox.sender = None
+        self.outbox.clear()
         self.outbox.close()
 
     def abandon(self) -> None:
@@ -531,6 +538,9 @@ class ServerTransport(Generic[E]):
             tasks.start_soon(
                 self._serve_connection, connection, name=f"moonpool server {connection.source}"
             )
+            # Waiting for the next accept must not keep this connection (and what it
+            # queues) alive after it closes.
+            del stream, connection
 
     async def _serve_connection(self, connection: _Connection) -> None:
         try:

@@ -11,6 +11,7 @@ must keep getting replies throughout.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import random
 import socket
@@ -490,3 +491,40 @@ async def test_frame_timeout_spares_idle_and_busy_connections() -> None:
 def test_frame_timeout_must_be_positive_and_finite(bad: float) -> None:
     with pytest.raises(ValueError, match="frame_timeout"):
         ServerTransport(RealNetwork(), "127.0.0.1:0", frame_timeout=bad)
+
+
+async def test_a_closed_connection_frees_its_queued_replies_at_once() -> None:
+    """A client that never reads its 256 KiB replies, then goes away: what the server
+    had queued for it is freed when the connection closes, not when (or if) another
+    connection is accepted.  Before, ~16 MiB stayed in memory here."""
+    big = b"r" * (256 * 1024)
+    held: list[object] = []
+
+    async def big_reply(request: Any) -> bytes:
+        held.append(request)  # the application keeps a reference to the request
+        return big
+
+    with anyio.fail_after(LIMIT):
+        async with (
+            ServerTransport.bind(RealNetwork(), "127.0.0.1:0", max_queued_replies=64) as server,
+            anyio.create_task_group() as group,
+        ):
+            group.start_soon(server.serve, big_reply)
+            tracemalloc.start()
+            try:
+                raw = await raw_connect(server.address)
+                # Pipelined requests, never read: replies pile up in the server's queue.
+                await raw.send(b"".join(frame(n, b"give") for n in range(64)))
+                while len(held) < 64:  # noqa: ASYNC110 - polling a counter in a test
+                    await anyio.sleep(0.01)
+                await anyio.sleep(0.1)
+                queued = tracemalloc.get_traced_memory()[0]
+                await raw.aclose()
+                while server.connection_count:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+                gc.collect()
+                after = tracemalloc.get_traced_memory()[0]
+            finally:
+                tracemalloc.stop()
+            assert queued - after > 8 * 1024 * 1024, (queued, after)
+            group.cancel_scope.cancel()
