@@ -107,11 +107,13 @@ class _HostLife:
     sockets: bytes already written still arrive, then the end of the stream.
     """
 
-    __slots__ = ("alive", "host", "listeners", "streams")
+    __slots__ = ("alive", "children", "host", "listeners", "streams")
 
     def __init__(self, host: str) -> None:
         self.host = host
         self.alive = True
+        # Lives of the views this one made (for_host): they end with it.
+        self.children: list[_HostLife] = []
         # Dicts, not sets: ending a life touches them in a deterministic order.
         self.streams: dict[int, SimStream] = {}
         self.listeners: dict[Address, SimListener] = {}
@@ -128,6 +130,8 @@ class _HostLife:
         if not self.alive:
             return
         self.alive = False
+        for child in self.children:
+            child.end(crash=crash)
         for listener in list(self.listeners.values()):
             listener._close_now()
         for stream in list(self.streams.values()):
@@ -514,6 +518,7 @@ class SimNetwork:
         self.host = host
         self.connect_timeout = connect_timeout
         self._life = _HostLife(host)
+        self._derived = False  # made by for_host (a process's or workload's view)
 
     def __repr__(self) -> str:
         return f"<SimNetwork host={self.host!r}>"
@@ -527,7 +532,14 @@ class SimNetwork:
         nobody, through any view.
         """
         self._life.check_alive(f"open a view of {host}")
-        return SimNetwork(host=host, connect_timeout=self.connect_timeout, _world=self._world)
+        view = SimNetwork(host=host, connect_timeout=self.connect_timeout, _world=self._world)
+        view._derived = True
+        if self._derived:
+            # A view made from a process's view dies with that process (the first
+            # view, made by the network's creator, outlives everything and keeps
+            # no list).
+            self._life.children.append(view._life)
+        return view
 
     def end_life(self, *, crash: bool) -> None:
         """End this view's life: what the runtime does when a process dies.
@@ -603,25 +615,26 @@ class SimNetwork:
             delay += 0.5
         # The handshake is a round trip; a partition holds it until healed or timed out.
         handshake = faults.latency(self.host, target.host) + faults.latency(target.host, self.host)
-        delay += handshake
         started = trio.current_time()
+        deadline = started + self.connect_timeout
         blocked = faults.partition_until(self.host, target.host, started)
-        if blocked is not None:
-            delay = max(delay, blocked - started)
-        if delay > 0:
-            with trio.move_on_after(min(delay, self.connect_timeout)):
+        due = max(started + delay + handshake, blocked or 0.0)
+        if not world.calmed.is_set() and due > started:
+            with trio.move_on_at(min(due, deadline)):
                 await world.calmed.wait()
-            if world.calmed.is_set():
-                # Chaos stopped meanwhile (or before): partitions and injected delays
-                # are gone, only the handshake's own round trip is left.
-                left = started + handshake - trio.current_time()
-                if left > 0:
-                    await trio.sleep(left)
-            elif delay >= self.connect_timeout:
-                raise TimeoutError(
-                    f"connect to {address} from {self.host} timed out after "
-                    f"{self.connect_timeout}s" + (" (network partition)" if blocked else "")
-                )
+            now = trio.current_time()
+            if world.calmed.is_set() and now < due:
+                # Chaos stopped meanwhile: random partitions and injected delays are
+                # gone; only the handshake, and partitions asked for by hand, remain.
+                blocked = faults.partition_until(self.host, target.host, now)
+                due = max(started + handshake, blocked or 0.0)
+        if due > deadline:
+            await trio.sleep_until(deadline)
+            raise TimeoutError(
+                f"connect to {address} from {self.host} timed out after "
+                f"{self.connect_timeout}s" + (" (network partition)" if blocked else "")
+            )
+        await trio.sleep_until(due)
         self._life.check_alive(f"connect to {address}")  # it may have died meanwhile
         if faults.connect_fails(self.host, address):
             raise ConnectionRefusedError(f"connection to {address} refused (simulated fault)")

@@ -5,10 +5,12 @@ deadlocked: the next kill would always be pending, and the run would go on
 killing processes until the time budget ran out.  So the runtime's events live
 here instead, and the supervising instrument fires them when the run is idle
 and the event comes no later than the program's own next timer: the clock
-jumps to it and the agenda task runs it.  With no program timer at all the run
-is deadlocked, whatever the agenda holds -- a program that only a kill, a
-restart or an expiring grace period could wake would hang without them, so it
-is reported, not rescued.
+jumps to it and the agenda task runs it.  With no program timer at all, only
+events that *commit* the world -- a grace period already running out, which
+kills a process that ignores its reboot -- are waited for; future kills and
+restarts are not (they would keep a stuck program busy for ever), so a program
+that only they could wake is reported as deadlocked, not rescued.  Events
+passed over that way run, late, once the program has a timer again.
 
 Events due at one instant run in one batch; events they schedule for that same
 instant wait for the next turn, so even a zero delay cannot make the agenda
@@ -28,12 +30,13 @@ __all__ = ["Agenda"]
 
 
 class _Entry:
-    __slots__ = ("action", "cancelled", "seq", "time")
+    __slots__ = ("action", "cancelled", "commits", "seq", "time")
 
-    def __init__(self, time: float, seq: int, action: Callable[[], None]) -> None:
+    def __init__(self, time: float, seq: int, action: Callable[[], None], commits: bool) -> None:
         self.time = time
         self.seq = seq
         self.action = action
+        self.commits = commits
         self.cancelled = False
 
     def __lt__(self, other: _Entry) -> bool:
@@ -47,10 +50,11 @@ class Agenda:
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
         self._parked: trio.lowlevel.Task | None = None
+        self._committed_only = False  # the next wake runs committing events only
 
-    def at(self, time: float, action: Callable[[], None]) -> _Entry:
+    def at(self, time: float, action: Callable[[], None], *, commits: bool = False) -> _Entry:
         """Run ``action()`` at simulated ``time`` (see the module doc for when it fires)."""
-        entry = _Entry(time, next(self._seq), action)
+        entry = _Entry(time, next(self._seq), action, commits)
         heapq.heappush(self._heap, entry)
         return entry
 
@@ -68,8 +72,12 @@ class Agenda:
         self._prune()
         if not self._heap or self._parked is None:
             return inf
-        first = self._heap[0].time
-        return first if first <= program_deadline < inf else inf
+        if program_deadline < inf:
+            first = self._heap[0].time
+            self._committed_only = False
+            return first if first <= program_deadline else inf
+        self._committed_only = True
+        return min((e.time for e in self._heap if e.commits and not e.cancelled), default=inf)
 
     def wake(self) -> None:
         """Let the agenda task run what is due (called by the instrument, clock already set)."""
@@ -83,9 +91,13 @@ class Agenda:
             self._parked = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(self._abort)
             now = trio.current_time()
-            due = []
+            due: list[_Entry] = []
+            passed: list[_Entry] = []
             while self._heap and self._heap[0].time <= now:
-                due.append(heapq.heappop(self._heap))
+                entry = heapq.heappop(self._heap)
+                (passed if self._committed_only and not entry.commits else due).append(entry)
+            for entry in passed:
+                heapq.heappush(self._heap, entry)
             for entry in due:
                 if not entry.cancelled:
                     entry.action()

@@ -175,7 +175,9 @@ class ProcessHost:
             return
         self.state = "stopping"
         incarnation.context.shutdown.set()
-        self.grace_entry = self._owner.agenda.at(trio.current_time() + grace, self._grace_over)
+        self.grace_entry = self._owner.agenda.at(
+            trio.current_time() + grace, self._grace_over, commits=True
+        )
 
     def _grace_over(self) -> None:
         self.grace_entry = None
@@ -269,7 +271,9 @@ class Processes:
 
     def describe_down(self) -> list[str]:
         """A line per process that is down, for hang and budget reports."""
-        lines = []
+        lines: list[str] = []
+        if self.phase == "shutdown":
+            return lines  # down now means done
         for name, host in self.hosts.items():
             if host.state != "down":
                 continue
@@ -363,8 +367,10 @@ class Processes:
         if incarnation is None or (host.state == "stopping" and kind != "crash"):
             return False  # down already, or a reboot already under way
         if host.state == "stopping":  # a crash cuts a graceful reboot short
+            host.kills += 1
             self.record(host, "crash")
-            host.pending_restart = restart_after
+            if restart_after is not None:
+                host.pending_restart = restart_after
             host.crash()
             return True
         self._kill(host, kind, restart_after)

@@ -33,17 +33,23 @@ from moonpool.sim._agenda import Agenda
 from moonpool.sim._exceptions import SeedAbandoned, describe_exception
 from moonpool.sim._hang_report import describe_waiting_tasks
 from moonpool.sim._interrupt import CtrlC
-from moonpool.sim._trio_internals import RunnerProbe, current_runner_probe, force_abort
+from moonpool.sim._trio_internals import (
+    RunnerProbe,
+    abandon_step,
+    current_runner_probe,
+    force_abort,
+)
 
 if TYPE_CHECKING:
     import trio.testing
 
 __all__ = ["Supervisor"]
 
-#: How long a failed seed's teardown may take, in simulated and in real seconds,
-#: before its remaining tasks are abandoned.
+#: How long a failed seed's teardown may take -- in simulated seconds and in turns
+#: of the run loop, both deterministic, so that a failing seed replays with the
+#: same trace on any machine -- before its remaining tasks are abandoned.
 TEARDOWN_SIM_TIME = 30.0
-TEARDOWN_WALL_TIME = 2.0
+TEARDOWN_TURNS = 10_000
 
 
 class Supervisor(trio.abc.Instrument):
@@ -83,8 +89,10 @@ class Supervisor(trio.abc.Instrument):
         self._turns = 0
         self._last_time = 0.0
         self._wall_deadline = time.perf_counter() + wall_time_budget
-        self._failure_wall = 0.0
+        self._failure_turn = 0
         self.abandoned = 0  # tasks abandoned in a stuck teardown
+        # While abandoning: the seed's tasks, each told to stop at its next step.
+        self._abandon: set[trio.lowlevel.Task] = set()
 
     # -- trio.abc.Instrument hooks ------------------------------------------------
 
@@ -99,6 +107,12 @@ class Supervisor(trio.abc.Instrument):
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         # The hottest hook of a simulation: SimRun.trace inlined (FNV-1a step).
+        if self._abandon and task in self._abandon:
+            # A task of a stuck teardown that was runnable (spinning in a shield,
+            # say): it gets SeedAbandoned where it resumes.
+            self._abandon.discard(task)
+            if abandon_step(task, SeedAbandoned):
+                self.abandoned += 1
         run = self.run
         run.events += 1
         run.trace_hash = ((run.trace_hash ^ self._task_index[task]) * _FNV_PRIME) & _MASK64
@@ -142,9 +156,9 @@ class Supervisor(trio.abc.Instrument):
             )
             self.fail(
                 "shutdown_timeout",
-                f"process(es) {names} did not return after ctx.shutdown was set at "
-                f"{self.grace_deadline - self.shutdown_grace:.3f}s, after every check: they "
-                f"{how}; a process must return once ctx.shutdown is set.\n"
+                f"process(es) {names} did not finish after the simulation told every "
+                f"process to stop at {self.grace_deadline - self.shutdown_grace:.3f}s, after "
+                f"every check: they {how}; a process must return once ctx.shutdown is set.\n"
                 f"{self.waiting_tasks()}",
             )
         elif next_deadline == inf:
@@ -164,15 +178,13 @@ class Supervisor(trio.abc.Instrument):
 
     def _watch_teardown(self, now: float, probe: RunnerProbe) -> None:
         """Abandon a failed seed whose teardown is stuck (see the module doc)."""
-        if probe.has_runnable_tasks() and time.perf_counter() - self._failure_wall < (
-            TEARDOWN_WALL_TIME
-        ):
-            return
-        stuck = not probe.has_runnable_tasks() and probe.next_deadline() == inf
         slow = (
             now - self.failure_time > TEARDOWN_SIM_TIME
-            or time.perf_counter() - self._failure_wall > TEARDOWN_WALL_TIME
+            or self._turns - self._failure_turn > TEARDOWN_TURNS
         )
+        if probe.has_runnable_tasks() and not slow:
+            return
+        stuck = not probe.has_runnable_tasks() and probe.next_deadline() == inf
         if not (stuck or slow) or self.root_task is None:
             return
         stack = [self.root_task]
@@ -181,6 +193,8 @@ class Supervisor(trio.abc.Instrument):
             stack.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
             if force_abort(task, SeedAbandoned):
                 self.abandoned += 1
+            else:
+                self._abandon.add(task)  # runnable: stopped at its next step
 
     # -- roles and reports ----------------------------------------------------------
 
@@ -206,7 +220,7 @@ class Supervisor(trio.abc.Instrument):
             return
         self.failure = (kind, message, tb or message)
         self.failure_time = self.clock.current_time()
-        self._failure_wall = time.perf_counter()
+        self._failure_turn = self._turns
         self.run.trace_text(f"failure:{kind}")
         if self.cancel_scope is not None:
             self.cancel_scope.cancel()
@@ -215,6 +229,6 @@ class Supervisor(trio.abc.Instrument):
         """Ctrl-C asked to stop this seed (called from the run loop, see ``CtrlC``)."""
         self.interrupted = True
         self.failure_time = self.clock.current_time()
-        self._failure_wall = time.perf_counter()
+        self._failure_turn = self._turns
         if self.cancel_scope is not None:
             self.cancel_scope.cancel()

@@ -19,7 +19,9 @@ trio has no public API for three things a deterministic simulator needs:
    cancelled; a task shielded from that (a ``finally`` retrying forever, say)
    would keep ``trio.run`` alive for ever.  :func:`force_abort` delivers an
    exception to a blocked task the way trio delivers a cancellation, but
-   through any shield -- trio's own ``Task._attempt_abort``.
+   through any shield -- trio's own ``Task._attempt_abort`` -- and
+   :func:`abandon_step` does it to a runnable task (one spinning in a shield)
+   by replacing what it is about to be resumed with (``Task._next_send``).
 
 ``tests/sim/test_trio_internals.py`` exercises each of these against the installed
 trio; if an upgrade moves them, that test fails loudly and the pin in
@@ -35,7 +37,13 @@ from typing import Any, Protocol
 
 import trio._core._run as _trio_run
 
-__all__ = ["RunnerProbe", "current_runner_probe", "force_abort", "seeded_scheduler"]
+__all__ = [
+    "RunnerProbe",
+    "abandon_step",
+    "current_runner_probe",
+    "force_abort",
+    "seeded_scheduler",
+]
 
 
 @contextmanager
@@ -105,4 +113,18 @@ def force_abort(task: Any, make_error: Any) -> bool:
         raise make_error()
 
     task._attempt_abort(raise_error)
+    return True
+
+
+def abandon_step(task: Any, make_error: Any) -> bool:
+    """Make ``task``, about to be stepped, resume with ``make_error()`` raised.
+
+    Only from an instrument's ``before_task_step`` hook (trio reads what to send
+    into the task right after it).  Returns False if the task is not about to run.
+    """
+    if getattr(task, "_next_send_fn", None) is None or task._next_send is None:
+        return False  # not about to run, or about to start (nothing to throw into yet)
+    import outcome
+
+    task._next_send = outcome.Error(make_error())
     return True

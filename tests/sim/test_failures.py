@@ -152,7 +152,9 @@ def test_process_ignoring_shutdown_is_named() -> None:
     report.set_attrition(None).set_settle_time(0)
     failure = report.run().failures[0]
     assert failure.kind == "shutdown_timeout"
-    assert "stubborn#0 did not return after ctx.shutdown was set at" in failure.error
+    assert "stubborn#0 did not finish after the simulation told every process to stop" in (
+        failure.error
+    )
     assert "still running when the 5s grace period ended" in failure.error
     assert "process 'stubborn' (incarnation 0) waits at" in failure.traceback
     assert "in test_process_ignoring_shutdown_is_named.<locals>.ignores_shutdown" in (

@@ -811,7 +811,7 @@ def test_shutdown_timeout_names_only_the_processes_still_running() -> None:
         .register_workload("w", Waits)
     )
     assert failure.kind == "shutdown_timeout"
-    assert "process(es) a-deaf#0 did not return" in failure.error
+    assert "process(es) a-deaf#0 did not finish" in failure.error
 
 
 def test_a_dead_process_cannot_reach_the_network_through_a_new_view() -> None:
@@ -918,3 +918,138 @@ def test_a_connect_held_by_a_partition_goes_through_when_chaos_stops() -> None:
     # Each connect completed just after the run phase ended at 0.5 s, not at the
     # connect timeout (10 s) nor when the cut would have healed (100 s).
     assert len(times) == 5 and all(0.5 <= t < 0.6 for t in times), times
+
+
+# -- found by the second review -----------------------------------------------------------
+
+
+def test_a_teardown_spinning_inside_a_shield_is_abandoned_deterministically() -> None:
+    async def spins(ctx: WorkloadContext) -> None:
+        try:
+            await trio.sleep(1)
+            raise ValueError("the real failure")
+        finally:
+            with trio.CancelScope(shield=True):
+                while True:
+                    await trio.lowlevel.checkpoint()
+
+    def once() -> Any:
+        return _single_failure(
+            chaos_builder().set_wall_time_budget(1).register_workload("w", spins)
+        )
+
+    started = time.perf_counter()
+    first, second = once(), once()
+    assert time.perf_counter() - started < 5
+    # Reported as the wall-clock budget (the loop never yields to time) or, ...
+    for failure in (first, second):
+        assert "teardown got stuck" in failure.traceback
+    # ...whatever the machine's speed, the same seed ends the same way.
+    assert (first.kind, first.error) == (second.kind, second.error)
+
+
+def test_a_scripted_reboot_of_a_deaf_process_waits_out_its_grace() -> None:
+    async def deaf_first_boot(ctx: ProcessContext) -> None:
+        if ctx.incarnation == 0:
+            await trio.Event().wait()  # ignores shutdown; no timer anywhere
+        await ctx.shutdown.wait()
+
+    class Reboot:
+        async def run(self, ctx: WorkloadContext) -> None:
+            started = trio.current_time()
+            assert await ctx.kill("server", "reboot", restart_after=0.5)
+            ctx.state["waited"] = trio.current_time() - started
+
+        async def check(self, ctx: WorkloadContext) -> None:
+            always(ctx.state["waited"] == pytest.approx(10.0), "killed when the grace ran out")
+
+    report = (
+        chaos_builder(seeds=3)
+        .set_shutdown_grace(10)
+        .set_attrition(Attrition(interval=1000.0))
+        .register_process("server", deaf_first_boot)
+        .register_workload("reboot", Reboot)
+        .run()
+    )
+    report.assert_success()
+    for run in report.runs:
+        assert [e.event for e in run.process_events] == ["reboot", "grace_expired", "restart"]
+    assert report.kills == {"server": 3}
+
+
+def test_views_a_process_made_die_with_it() -> None:
+    heard: list[bytes] = []
+
+    async def through_subview(ctx: ProcessContext) -> None:
+        view = ctx.network.for_host(ctx.name)  # type: ignore[attr-defined]
+        stream = None
+        while stream is None and not ctx.shutdown.is_set():
+            try:
+                stream = await view.connect(ctx.peers["sink"])
+            except OSError:
+                await trio.sleep(0.05)
+        try:
+            await ctx.shutdown.wait()
+        finally:
+            with (
+                trio.CancelScope(shield=True),
+                contextlib.suppress(OSError, anyio.BrokenResourceError),
+            ):
+                if stream is not None and ctx.incarnation == 0:
+                    await stream.send(b"from beyond")
+                late = await view.connect(ctx.peers["sink"])
+                await late.send(b"late")
+
+    class Sink:
+        async def setup(self, ctx: WorkloadContext) -> None:
+            self.listener = await ctx.network.listen(ctx.address)
+
+        async def run(self, ctx: WorkloadContext) -> None:
+            async with self.listener, trio.open_nursery() as nursery:
+
+                async def read(stream: anyio.abc.ByteStream) -> None:
+                    with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                        while True:
+                            heard.append(await stream.receive())
+
+                async def accept() -> None:
+                    while True:
+                        nursery.start_soon(read, await self.listener.accept())
+
+                nursery.start_soon(accept)
+                await trio.sleep(1)
+                await ctx.kill("server", "crash", restart_after=0.1)
+                await trio.sleep(2)
+                nursery.cancel_scope.cancel()
+
+    chaos_builder(seeds=3).set_chaos(ChaosConfig.default().without(["reset"])).set_attrition(
+        Attrition(interval=1000.0)
+    ).register_process("server", through_subview).register_workload("sink", Sink).run()
+    assert b"from beyond" not in b"".join(heard)
+    assert b"late" not in b"".join(heard)
+
+
+def test_a_partition_asked_for_after_chaos_still_holds_connects() -> None:
+    taken: list[float] = []
+
+    class Check:
+        async def run(self, ctx: WorkloadContext) -> None:
+            pass
+
+        async def check(self, ctx: WorkloadContext) -> None:
+            ctx.network.isolate("server", 30.0)  # type: ignore[attr-defined]
+            started = trio.current_time()
+            with contextlib.suppress(OSError):
+                async with await ctx.network.connect(ctx.peers["server"]):
+                    pass
+            taken.append(trio.current_time() - started)
+
+    async def server(ctx: ProcessContext) -> None:
+        async with await ctx.network.listen(ctx.address):
+            await ctx.shutdown.wait()
+
+    chaos_builder(seeds=3).set_attrition(Attrition(interval=1000.0)).register_process(
+        "server", server
+    ).register_workload("check", Check).run().assert_success()
+    # Held until the connect timed out (10 s), not let through at once.
+    assert taken == [pytest.approx(10.0)] * 3
