@@ -91,6 +91,7 @@ class TransportDriver(Generic[E]):
                 on_lost=lambda reason, unsent: self._lost(destination, reason, unsent),
                 config=self.peer_config,
                 rng=self._rng,
+                buffered=lambda: self.protocol.buffered(destination),
             )
             self._peers[destination] = peer
             self._task_group.start_soon(self._run_peer, peer, name=f"moonpool peer {destination}")

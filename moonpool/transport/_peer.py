@@ -47,7 +47,9 @@ class PeerConfig:
     each shortened by up to ``reconnect_jitter`` of itself.
     ``receive_size`` caps each read where the transport reads with ``receive()``
     (trio, simulations); asyncio streams push whatever the loop read (up to
-    256 KiB) and ignore it.
+    256 KiB) and ignore it.  ``frame_timeout`` mirrors the server's: a remote
+    that stops in the middle of a reply for that long has its connection closed
+    (None: never), so a half-sent frame cannot hold the connection for ever.
     """
 
     max_queued_frames: int = 4096
@@ -56,8 +58,13 @@ class PeerConfig:
     reconnect_max: float = 2.0
     reconnect_jitter: float = 0.5
     receive_size: int = 65536
+    frame_timeout: float | None = 30.0
 
     def __post_init__(self) -> None:
+        if self.frame_timeout is not None and not 0 < self.frame_timeout < math.inf:
+            raise ValueError(
+                f"frame_timeout must be positive and finite, or None, got {self.frame_timeout!r}"
+            )
         if self.max_queued_frames < 1:
             raise ValueError(f"max_queued_frames must be >= 1, got {self.max_queued_frames}")
         if not (0 < self.connect_timeout < math.inf):
@@ -86,6 +93,7 @@ class PeerStats:
     frames_dropped: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+    slow_frames: int = 0  # connections closed for stopping mid-frame
 
 
 class _ConnectionLost(Exception):
@@ -119,8 +127,12 @@ class Peer:
         on_lost: Callable[[str, list[int]], None],
         config: PeerConfig | None = None,
         rng: random.Random | None = None,
+        buffered: Callable[[], int] | None = None,
     ) -> None:
         self.address = address
+        # How many bytes of an unfinished frame from this remote are buffered
+        # (the protocol's count): what the frame timeout watches.
+        self._buffered = buffered
         self.config = config or PeerConfig()
         self.stats = PeerStats()
         self._network = network
@@ -233,19 +245,35 @@ class Peer:
         """Write the queue and read replies until the connection ends."""
         failure: list[str] = []
         receive_into = push_receiver(stream)
+        frame_timeout, buffered = self.config.frame_timeout, self._buffered
+        # Its deadline is armed while a frame is half received (see PeerConfig).
+        half_frame = anyio.CancelScope()
         async with stream, anyio.create_task_group() as group:
 
             def on_data(data: bytes) -> None:
                 self.stats.bytes_received += len(data)
                 self._on_data(data)
                 self._answered = True  # and its bytes made sense
+                if frame_timeout is not None and buffered is not None:
+                    partial = buffered() > 0
+                    if partial != (half_frame.deadline < math.inf):
+                        half_frame.deadline = (
+                            anyio.current_time() + frame_timeout if partial else math.inf
+                        )
 
             async def reader() -> None:
                 try:
-                    if receive_into is not None:
-                        await receive_into(on_data)  # from the loop's read callback
-                    while True:
-                        on_data(await stream.receive(self.config.receive_size))
+                    with half_frame:
+                        if receive_into is not None:
+                            await receive_into(on_data)  # from the loop's read callback
+                        while True:
+                            on_data(await stream.receive(self.config.receive_size))
+                    # Only the half-frame deadline ends the block without an error.
+                    self.stats.slow_frames += 1
+                    failure.append(
+                        f"connection to {self.address} closed: the remote stopped in the "
+                        f"middle of a frame for {frame_timeout}s (PeerConfig.frame_timeout)"
+                    )
                 except anyio.EndOfStream:
                     failure.append(f"connection to {self.address} closed by the remote")
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:

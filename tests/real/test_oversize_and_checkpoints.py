@@ -143,3 +143,41 @@ async def test_get_reply_that_raises_at_once_still_lets_other_tasks_run() -> Non
                     await client.get_reply("127.0.0.1:9", b"never open")
             assert ran - before >= 25, "each failing call must yield to the other task"
             group.cancel_scope.cancel()
+
+
+async def test_a_server_stopping_mid_reply_has_its_connection_closed_by_the_client() -> None:
+    """The client's half-frame timeout (PeerConfig.frame_timeout), mirroring the
+    server's: a reply cut off mid-frame no longer holds the connection open."""
+    from moonpool.transport import ConnectionFailed, PeerConfig
+
+    serializer = RequestResponseEnvelope.serializer()
+    stalled = anyio.Event()
+
+    async def half_replier(stream: Any) -> None:
+        async with stream:
+            data = await stream.receive()
+            request = serializer.deserialize(data)
+            reply = serializer.serialize(request.create_reply(b"x" * 1000))
+            await stream.send(reply[:500])  # half a frame, then silence
+            stalled.set()
+            await anyio.sleep(30)
+
+    network = RealNetwork()
+    with anyio.fail_after(LIMIT):
+        async with await network.listen("127.0.0.1:0") as listener:
+            async with anyio.create_task_group() as group:
+
+                async def accept() -> None:
+                    group.start_soon(half_replier, await listener.accept())
+
+                group.start_soon(accept)
+                config = PeerConfig(frame_timeout=0.5)
+                async with ClientTransport(network, peer_config=config) as client:
+                    started = anyio.current_time()
+                    with pytest.raises(ConnectionFailed, match="middle of a frame"):
+                        await client.get_reply(listener.address, b"hello", timeout=5.0)
+                    assert 0.4 < anyio.current_time() - started < 3.0
+                    assert stalled.is_set()
+                    peer = next(iter(client._drivers.values())).peers[listener.address]
+                    assert peer.stats.slow_frames == 1
+                group.cancel_scope.cancel()
