@@ -7,6 +7,10 @@ least one iteration of the simulation, otherwise the report marks them MISS --
 which usually means the test never exercised the path it claims to cover.
 
 A site is identified by its kind and message, so use a distinct message per site.
+The ``sometimes``/``reachable`` calls written (with a literal message) in the
+registered processes and workloads themselves are known before the first seed
+(see ``_declared_sites``), so one that no seed reaches is reported as MISS and
+keeps ``UntilAllSometimesReached`` going; sites in helpers count once reached.
 Outside a simulation every function here does nothing.
 """
 

@@ -6,10 +6,12 @@ import pytest
 import trio
 import trio.lowlevel
 
+import moonpool.sim
 from moonpool.sim import (
     ChaosConfig,
     FixedCount,
     SimulationBuilder,
+    SimulationFailed,
     UntilAllSometimesReached,
     WorkloadContext,
     always,
@@ -163,3 +165,44 @@ def test_replayed_seeds_do_not_require_coverage() -> None:
     assert replay.ok
     replay.assert_success()
     assert "MISS" in str(replay)
+
+
+# -- coverage sites no seed reaches (found by reading the registered code) ----------
+
+
+async def rarely(ctx: WorkloadContext) -> None:
+    await trio.sleep(0.1)
+    if ctx.seed < 0:  # never true: seeds are non-negative
+        reachable("a branch no seed takes")
+    sometimes(ctx.seed >= 0, "every seed gets here")
+
+
+class WithSites:
+    async def run(self, ctx: WorkloadContext) -> None:
+        await trio.sleep(0.1)
+
+    async def check(self, ctx: WorkloadContext) -> None:
+        if ctx.seed < 0:
+            moonpool.sim.sometimes(True, "a check no seed runs")
+
+
+def test_a_reachable_no_seed_reaches_is_a_miss_and_keeps_the_run_going() -> None:
+    report = (
+        SimulationBuilder()
+        .enable_buggify()
+        .set_chaos(ChaosConfig.default())
+        .set_iteration_control(UntilAllSometimesReached(7))
+        .register_workload("rarely", rarely)
+        .register_workload("sites", WithSites)
+        .run()
+    )
+    # Before, the site never appeared: the run stopped after one seed, "all reached".
+    assert report.iterations == 7
+    missed = {(a.kind, a.message, a.hits) for a in report.missed_assertions}
+    assert missed == {
+        ("reachable", "a branch no seed takes", 0),
+        ("sometimes", "a check no seed runs", 0),
+    }
+    assert "MISS reachable" in str(report)
+    with pytest.raises(SimulationFailed, match="a branch no seed takes"):
+        report.assert_success()
