@@ -37,9 +37,23 @@ class ProcessControl(Protocol):
     def is_running(self, name: str) -> bool: ...
 
 
+@dataclass(frozen=True, eq=False, kw_only=True)
+class _Context:
+    """What processes and workloads both have (see the two contexts below)."""
+
+    name: str
+    address: str
+    peers: Mapping[str, str]
+    network: NetworkProvider
+    random: random.Random
+    shutdown: anyio.Event
+    seed: int = 0
+    state: MutableMapping[str, Any] = field(default_factory=dict)
+
+
 @final
 @dataclass(frozen=True, eq=False, kw_only=True)
-class ProcessContext:
+class ProcessContext(_Context):
     """Handed to each boot of a process: who it is, who the others are, what it may use.
 
     A process is the code you ship (a server).  In simulation it may be killed
@@ -53,20 +67,12 @@ class ProcessContext:
     code you ship has no such thing).
     """
 
-    name: str
-    address: str
-    peers: Mapping[str, str]
-    network: NetworkProvider
-    random: random.Random
-    shutdown: anyio.Event
-    seed: int = 0
-    state: MutableMapping[str, Any] = field(default_factory=dict)
     incarnation: int = 0
 
 
 @final
 @dataclass(frozen=True, eq=False, kw_only=True)
-class WorkloadContext:
+class WorkloadContext(_Context):
     """Handed to each workload: who it is, who the others are, and the run's resources.
 
     A workload is a test driver: it is never killed.  ``random`` is its own
@@ -80,14 +86,6 @@ class WorkloadContext:
     after the first write"); they need a simulation.
     """
 
-    name: str
-    address: str
-    peers: Mapping[str, str]
-    network: NetworkProvider
-    random: random.Random
-    shutdown: anyio.Event
-    seed: int = 0
-    state: MutableMapping[str, Any] = field(default_factory=dict)
     _processes: ProcessControl | None = field(default=None, repr=False)
 
     async def kill(

@@ -9,6 +9,8 @@ retry loop spin without letting any other task run.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -49,37 +51,46 @@ def largest_payload(envelope: Any) -> int:
     return size
 
 
-@pytest.mark.parametrize("envelope", ENVELOPES, ids=lambda e: e.__name__)
-async def test_an_oversize_request_fails_at_its_caller_and_nobody_else(envelope: Any) -> None:
-    async def echo(request: ReceivedEnvelope[Any]) -> bytes:
-        return request.payload
-
-    address = "127.0.0.1:0"
+@asynccontextmanager
+async def limited_server(
+    envelope: Any, handler: Callable[[ServerTransport[Any], ReceivedEnvelope[Any]], Any]
+) -> AsyncIterator[ServerTransport[Any]]:
+    """A server with MAX_FRAME as its limit, serving ``handler(server, request)``."""
     network = RealNetwork()
     with anyio.fail_after(LIMIT):
         async with (
             ServerTransport.bind(
-                network, address, envelope=envelope, max_frame_size=MAX_FRAME
+                network, "127.0.0.1:0", envelope=envelope, max_frame_size=MAX_FRAME
             ) as server,
             anyio.create_task_group() as group,
         ):
-            group.start_soon(server.serve, echo)
-            async with ClientTransport(
-                network, envelope=envelope, max_frame_size=MAX_FRAME
-            ) as client:
-                assert await client.get_reply(server.address, b"warm up") == b"warm up"
-                fits = b"f" * largest_payload(envelope)
-                assert await client.get_reply(server.address, fits) == fits  # at the limit
-                with pytest.raises(FrameTooLarge) as info:
-                    await client.get_reply(server.address, fits + b"!" * 16)
-                message = str(info.value)
-                assert f"max_frame_size={MAX_FRAME}" in message
-                assert f"{header_size(envelope)}-byte header included" in message
-                # The same connection still serves everyone else.
-                assert await client.get_reply(server.address, b"after") == b"after"
-                assert client.stats(envelope).connection_failures == 0
-            assert server.stats.connections_closed_for_bad_input == 0
+            group.start_soon(server.serve, lambda request: handler(server, request))
+            yield server
             group.cancel_scope.cancel()
+
+
+async def echo(server: ServerTransport[Any], request: ReceivedEnvelope[Any]) -> bytes:
+    return request.payload
+
+
+@pytest.mark.parametrize("envelope", ENVELOPES, ids=lambda e: e.__name__)
+async def test_an_oversize_request_fails_at_its_caller_and_nobody_else(envelope: Any) -> None:
+    async with limited_server(envelope, echo) as server:
+        async with ClientTransport(
+            RealNetwork(), envelope=envelope, max_frame_size=MAX_FRAME
+        ) as client:
+            assert await client.get_reply(server.address, b"warm up") == b"warm up"
+            fits = b"f" * largest_payload(envelope)
+            assert await client.get_reply(server.address, fits) == fits  # at the limit
+            with pytest.raises(FrameTooLarge) as info:
+                await client.get_reply(server.address, fits + b"!" * 16)
+            message = str(info.value)
+            assert f"max_frame_size={MAX_FRAME}" in message
+            assert f"{header_size(envelope)}-byte header included" in message
+            # The same connection still serves everyone else.
+            assert await client.get_reply(server.address, b"after") == b"after"
+            assert client.stats(envelope).connection_failures == 0
+        assert server.stats.connections_closed_for_bad_input == 0
 
 
 @pytest.mark.parametrize("envelope", ENVELOPES, ids=lambda e: e.__name__)
@@ -88,7 +99,9 @@ async def test_an_oversize_reply_fails_at_send_reply_and_the_connection_lives(
 ) -> None:
     errors: list[str] = []
 
-    async def big_or_small(request: ReceivedEnvelope[Any]) -> bytes | None:
+    async def big_or_small(
+        server: ServerTransport[Any], request: ReceivedEnvelope[Any]
+    ) -> bytes | None:
         if request.payload == b"big":
             try:
                 server.send_reply(request, b"b" * MAX_FRAME)
@@ -97,29 +110,19 @@ async def test_an_oversize_reply_fails_at_send_reply_and_the_connection_lives(
                 return b"too big, sorry"
         return request.payload
 
-    address = "127.0.0.1:0"
-    network = RealNetwork()
-    with anyio.fail_after(LIMIT):
-        async with (
-            ServerTransport.bind(
-                network, address, envelope=envelope, max_frame_size=MAX_FRAME
-            ) as server,
-            anyio.create_task_group() as group,
-        ):
-            group.start_soon(server.serve, big_or_small)
-            async with ClientTransport(network, envelope=envelope) as client:
-                async with anyio.create_task_group() as calls:
-                    replies: dict[bytes, bytes] = {}
+    async with limited_server(envelope, big_or_small) as server:
+        async with ClientTransport(RealNetwork(), envelope=envelope) as client:
+            async with anyio.create_task_group() as calls:
+                replies: dict[bytes, bytes] = {}
 
-                    async def call(payload: bytes) -> None:
-                        replies[payload] = await client.get_reply(server.address, payload)
+                async def call(payload: bytes) -> None:
+                    replies[payload] = await client.get_reply(server.address, payload)
 
-                    for payload in (b"one", b"big", b"two"):
-                        calls.start_soon(call, payload)
-                assert replies == {b"one": b"one", b"big": b"too big, sorry", b"two": b"two"}
-                assert client.stats(envelope).connection_failures == 0
-            assert len(errors) == 1 and f"max_frame_size={MAX_FRAME}" in errors[0]
-            group.cancel_scope.cancel()
+                for payload in (b"one", b"big", b"two"):
+                    calls.start_soon(call, payload)
+            assert replies == {b"one": b"one", b"big": b"too big, sorry", b"two": b"two"}
+            assert client.stats(envelope).connection_failures == 0
+        assert len(errors) == 1 and f"max_frame_size={MAX_FRAME}" in errors[0]
 
 
 async def test_get_reply_that_raises_at_once_still_lets_other_tasks_run() -> None:
