@@ -299,7 +299,7 @@ def run_iteration(
             # landed in trio's own code), not a failure of this seed.
             raise KeyboardInterrupt from exc
         supervisor.cancel_scope = None  # the run is over: nothing left to cancel
-        supervisor.fail("runtime_error", supervisor.describe_exception(exc), traceback.format_exc())
+        supervisor.fail("runtime_error", describe_exception(exc), traceback.format_exc())
     finally:
         reset_current_run(token)
     if supervisor.abandoned and supervisor.failure is not None:

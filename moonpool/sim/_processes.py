@@ -39,7 +39,7 @@ __all__ = ["ProcessHost", "Processes", "SimulatedNetwork"]
 class SimulatedNetwork(Protocol):
     """What the runtime needs of a network to run processes (``SimNetwork`` has it)."""
 
-    def for_host(self, host: str) -> Any: ...
+    def for_host(self, host: str) -> Any: ...  # a view with end_life(crash=...)
 
     def stop_chaos(self) -> None: ...
 

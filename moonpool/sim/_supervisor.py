@@ -30,7 +30,7 @@ import trio
 
 from moonpool._ground._run import _FNV_PRIME, _MASK64, SimRun
 from moonpool.sim._agenda import Agenda
-from moonpool.sim._exceptions import SeedAbandoned, describe_exception
+from moonpool.sim._exceptions import SeedAbandoned
 from moonpool.sim._hang_report import describe_waiting_tasks
 from moonpool.sim._interrupt import CtrlC
 from moonpool.sim._trio_internals import (
@@ -207,10 +207,6 @@ class Supervisor(trio.abc.Instrument):
     def waiting_tasks(self) -> str:
         tasks = describe_waiting_tasks(self.root_task, self._roles, self._task_index)
         return "\n".join([tasks, *self.more_context()])
-
-    @staticmethod
-    def describe_exception(exc: BaseException) -> str:
-        return describe_exception(exc)
 
     # -- iteration control --------------------------------------------------------
 
