@@ -210,7 +210,8 @@ class ClientTransport:
         reply arrives within ``timeout`` seconds, :class:`ConnectionFailed` when the
         connection cannot be made or breaks under the request,
         :class:`RemoteError` for an error reply, :class:`SendQueueFull` when the
-        peer's queue is full, :class:`TransportClosed` when the transport is
+        peer's queue stayed full for the whole timeout (a full queue makes the
+        call wait for room first: backpressure), :class:`TransportClosed` when the transport is
         closed, :class:`FrameTooLarge` (before anything is queued) when the request
         would exceed ``max_frame_size``, header included, and ``ValueError``
         (``InvalidAddress``) for a malformed destination.  It is a checkpoint
@@ -231,9 +232,18 @@ class ClientTransport:
             if peer is None:
                 _check_destination(destination)  # once per peer, not per request
                 peer = driver.get_or_create_peer(destination)
-            peer.check_room()
             loop = self._loop
             assert loop is not None
+            if peer.full:
+                # Backpressure: a burst larger than the peer's queue waits for room,
+                # within the call's timeout, instead of failing a healthy remote.
+                started = loop.now()
+                with anyio.move_on_after(timeout):
+                    await peer.wait_room()
+                waited = loop.now() - started
+                if peer.full or waited >= timeout:
+                    raise peer.queue_full(timeout)  # noqa: TRY301
+                timeout -= waited
             correlation_id = driver.protocol.start_request(
                 destination, bytes(payload), now=loop.now(), timeout=timeout
             )

@@ -49,6 +49,7 @@ class FrameQueue:
         "_closed",
         "_fragment",
         "_frames",
+        "_room",
         "_waiter",
         "limit",
         "on_sent",
@@ -73,6 +74,8 @@ class FrameQueue:
         # is already half on the wire, so it goes before any frame.
         self._fragment: tuple[bytes, int] | None = None
         self._waiter: anyio.Event | None = None
+        # Set when a full queue gets room again (see wait_room).
+        self._room: anyio.Event | None = None
         self._closed = False
 
     def __len__(self) -> int:
@@ -128,12 +131,27 @@ class FrameQueue:
         dropped = len(self)
         self._frames.clear()
         self._fragment = None
+        if self._room is not None:
+            self._made_room()
         return dropped
+
+    async def wait_room(self) -> None:
+        """Return once the queue is not :attr:`full` (or is closed)."""
+        while self.full and not self._closed:
+            room = self._room = self._room or anyio.Event()
+            await room.wait()
+
+    def _made_room(self) -> None:
+        room = self._room
+        if room is not None and (len(self._frames) < self.limit or self._closed):
+            self._room = None
+            room.set()
 
     def close(self) -> None:
         """No more frames will come; the writer finishes what is queued, then stops."""
         self._closed = True
         self._wake()
+        self._made_room()
 
     async def wait(self) -> bool:
         """Wait until a frame is queued (True) or the queue is closed and empty (False)."""
@@ -154,6 +172,8 @@ class FrameQueue:
             return fragment
         frames = self._frames
         first = frames.popleft()[0]
+        if self._room is not None:
+            self._made_room()
         if not frames or len(first) >= COALESCE_BYTES:
             return first, 1
         batch = [first]

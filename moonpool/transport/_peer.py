@@ -174,13 +174,29 @@ class Peer:
         self.check_room()
         self._queue.put(frame, write_now=write_now, tag=tag)
 
+    @property
+    def full(self) -> bool:
+        """True while a ``send`` would overflow the queue (see :meth:`wait_room`)."""
+        return self._queue.full
+
     def check_room(self) -> None:
         """Raise :class:`SendQueueFull` if a ``send`` now would overflow the queue."""
         if self._queue.full:
-            raise SendQueueFull(
-                f"send queue to {self.address} is full ({self.config.max_queued_frames} frames "
-                f"waiting): the remote is not keeping up or cannot be reached"
-            )
+            raise self.queue_full()
+
+    async def wait_room(self) -> None:
+        """Return once a frame can be queued (or the peer is closed): backpressure."""
+        await self._queue.wait_room()
+
+    def queue_full(self, waited: float | None = None) -> SendQueueFull:
+        """The error for a queue that is (still) full, saying which limit and what to do."""
+        how_long = "" if waited is None else f" and stayed full for the call's {waited:.3g}s"
+        return SendQueueFull(
+            f"send queue to {self.address} is full: {self.config.max_queued_frames} frames "
+            f"waiting (PeerConfig.max_queued_frames){how_long}; the remote is not keeping up "
+            f"or cannot be reached -- raise max_queued_frames or the call's timeout, or "
+            f"send less at once"
+        )
 
     def close(self) -> None:
         """Stop accepting frames; the actor exits at its next wait."""

@@ -184,3 +184,23 @@ async def test_a_server_stopping_mid_reply_has_its_connection_closed_by_the_clie
                     peer = next(iter(client._drivers.values())).peers[listener.address]
                     assert peer.stats.slow_frames == 1
                 group.cancel_scope.cancel()
+
+
+async def test_a_burst_beyond_the_peer_queue_is_served_not_refused() -> None:
+    """Backpressure on real sockets: 1,000 concurrent calls through a 64-frame peer
+    queue to a healthy server all get their replies (before: the excess failed at
+    once with SendQueueFull, whose message blamed the remote)."""
+    from moonpool.transport import PeerConfig
+
+    async with limited_server(RequestResponseEnvelope, echo) as server:
+        config = PeerConfig(max_queued_frames=64)
+        async with ClientTransport(RealNetwork(), peer_config=config) as client:
+            replies: list[bytes] = []
+
+            async def ask(n: int) -> None:
+                replies.append(await client.get_reply(server.address, b"%d" % n))
+
+            async with anyio.create_task_group() as calls:
+                for n in range(1000):
+                    calls.start_soon(ask, n)
+            assert sorted(replies) == sorted(b"%d" % n for n in range(1000))

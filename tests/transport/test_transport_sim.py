@@ -478,3 +478,48 @@ def msgspec_replace(config: ChaosConfig, **changes: object) -> ChaosConfig:
     import msgspec
 
     return msgspec.structs.replace(config, **changes)
+
+
+@pytest.mark.trio
+async def test_a_burst_larger_than_the_queue_waits_for_room_instead_of_failing(
+    autojump_clock: object,
+) -> None:
+    """Backpressure: more concurrent calls than ``max_queued_frames`` to a healthy
+    server all succeed (before, the excess failed at once with SendQueueFull)."""
+    network = calm()
+    async with ServerTransport.bind(network.for_host("server"), SERVER) as server:
+        async with trio.open_nursery() as serving:
+            serving.start_soon(echo_server, server)
+            config = PeerConfig(max_queued_frames=4)
+            async with ClientTransport(network, peer_config=config) as client:
+                replies: list[bytes] = []
+
+                async def ask(n: int) -> None:
+                    replies.append(await client.get_reply(SERVER, b"%d" % n, timeout=30))
+
+                async with trio.open_nursery() as nursery:
+                    for n in range(200):
+                        nursery.start_soon(ask, n)
+                assert sorted(replies) == sorted(b"re:%d" % n for n in range(200))
+            serving.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_queue_that_stays_full_fails_with_the_limit_and_what_to_do(
+    autojump_clock: object,
+) -> None:
+    network = calm()
+    async with await network.for_host("server").listen(SERVER):  # accepts nothing, ever
+        config = PeerConfig(max_queued_frames=1)
+        async with ClientTransport(network, peer_config=config) as client, trio.open_nursery() as n:
+            n.start_soon(lambda: client.get_reply(SERVER, b"x" * 1_000_000, timeout=60))
+            await trio.sleep(0.1)
+            n.start_soon(lambda: client.get_reply(SERVER, b"y" * 1_000_000, timeout=60))
+            await trio.sleep(0.1)
+            started = trio.current_time()
+            with pytest.raises(SendQueueFull) as info:
+                await client.get_reply(SERVER, b"z", timeout=2.0)
+            assert trio.current_time() - started == pytest.approx(2.0)
+            message = str(info.value)
+            assert "PeerConfig.max_queued_frames" in message and "stayed full" in message
+            n.cancel_scope.cancel()
