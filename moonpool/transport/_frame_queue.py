@@ -31,13 +31,25 @@ import anyio.abc
 
 from moonpool.net._nowait import NonBlockingSender
 
-__all__ = ["COALESCE_BYTES", "FrameQueue", "write_frames"]
+__all__ = ["ByteBudget", "COALESCE_BYTES", "FrameQueue", "write_frames"]
 
 #: Frames joined into one write at most (a larger single frame is written alone).
 COALESCE_BYTES = 256 * 1024
 
 
 @final
+class ByteBudget:
+    """Bytes queued across several frame queues (a server's replies to all clients)."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"a byte budget must be >= 1, got {limit}")
+        self.limit = limit
+        self.used = 0
+
+
 class FrameQueue:
     """FIFO of frames with a capacity in frames, one consumer, never-blocking producers.
 
@@ -46,21 +58,38 @@ class FrameQueue:
     """
 
     __slots__ = (
+        "_bytes",
         "_closed",
         "_fragment",
         "_frames",
         "_room",
         "_waiter",
+        "budget",
+        "byte_limit",
         "limit",
         "on_sent",
         "sender",
         "writing",
     )
 
-    def __init__(self, limit: int, on_sent: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        on_sent: Callable[[int, int], None] | None = None,
+        *,
+        byte_limit: int | None = None,
+        budget: ByteBudget | None = None,
+    ) -> None:
         if limit < 1:
             raise ValueError(f"a frame queue needs room for at least 1 frame, got {limit}")
+        if byte_limit is not None and byte_limit < 1:
+            raise ValueError(f"a frame queue's byte limit must be >= 1, got {byte_limit}")
         self.limit = limit
+        #: Bytes of queued frames beyond which the queue is full (one frame always
+        #: fits in an empty queue, however large), and a budget shared with others.
+        self.byte_limit = byte_limit
+        self.budget = budget
+        self._bytes = 0
         self.on_sent = on_sent
         #: Writes to the live connection without waiting; ``None`` while there is
         #: no connection (or it cannot).  Set and cleared by the connection owner.
@@ -86,8 +115,18 @@ class FrameQueue:
         return self._closed
 
     @property
+    def queued_bytes(self) -> int:
+        """Bytes of the frames queued and not yet taken for writing."""
+        return self._bytes
+
+    @property
     def full(self) -> bool:
-        return len(self._frames) >= self.limit
+        if len(self._frames) >= self.limit:
+            return True
+        if self._frames and self.byte_limit is not None and self._bytes >= self.byte_limit:
+            return True
+        budget = self.budget
+        return budget is not None and budget.used >= budget.limit
 
     def put(self, frame: bytes, *, write_now: bool = False, tag: int | None = None) -> None:
         """Append ``frame``; the caller has checked :attr:`closed` and :attr:`full`.
@@ -98,6 +137,7 @@ class FrameQueue:
         :meth:`unsent_tags` if the frame is still queued when the connection ends.
         """
         self._frames.append((frame, tag))
+        self._count(len(frame))
         if write_now and self.sender is not None and not self.writing and self._fragment is None:
             self._write_now(self.sender)
         else:
@@ -131,6 +171,7 @@ class FrameQueue:
         dropped = len(self)
         self._frames.clear()
         self._fragment = None
+        self._count(-self._bytes)
         if self._room is not None:
             self._made_room()
         return dropped
@@ -143,7 +184,7 @@ class FrameQueue:
 
     def _made_room(self) -> None:
         room = self._room
-        if room is not None and (len(self._frames) < self.limit or self._closed):
+        if room is not None and (not self.full or self._closed):
             self._room = None
             room.set()
 
@@ -172,9 +213,8 @@ class FrameQueue:
             return fragment
         frames = self._frames
         first = frames.popleft()[0]
-        if self._room is not None:
-            self._made_room()
         if not frames or len(first) >= COALESCE_BYTES:
+            self._taken(len(first))
             return first, 1
         batch = [first]
         size = len(first)
@@ -182,7 +222,18 @@ class FrameQueue:
             frame = frames.popleft()[0]
             batch.append(frame)
             size += len(frame)
+        self._taken(size)
         return b"".join(batch), len(batch)
+
+    def _count(self, size: int) -> None:
+        self._bytes += size
+        if self.budget is not None:
+            self.budget.used += size
+
+    def _taken(self, size: int) -> None:
+        self._count(-size)
+        if self._room is not None:
+            self._made_room()
 
     def _wake(self) -> None:
         waiter = self._waiter

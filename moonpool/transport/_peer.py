@@ -41,8 +41,10 @@ log = logging.getLogger("moonpool.transport")
 class PeerConfig:
     """Limits and timings of one peer connection.
 
-    ``max_queued_frames`` bounds memory per remote: a remote that stops reading
-    makes ``send`` fail fast with ``SendQueueFull`` rather than grow without end.
+    ``max_queued_frames`` and ``max_queued_bytes`` bound memory per remote (a
+    frame always fits in an empty queue): a call finding the queue full waits
+    for room within its timeout, then fails with ``SendQueueFull``, rather than
+    let the queue grow without end.
     Reconnect delays double from ``reconnect_initial`` up to ``reconnect_max``,
     each shortened by up to ``reconnect_jitter`` of itself.
     ``receive_size`` caps each read where the transport reads with ``receive()``
@@ -53,6 +55,7 @@ class PeerConfig:
     """
 
     max_queued_frames: int = 4096
+    max_queued_bytes: int = 16 * 1024 * 1024
     connect_timeout: float = 5.0
     reconnect_initial: float = 0.02
     reconnect_max: float = 2.0
@@ -67,6 +70,8 @@ class PeerConfig:
             )
         if self.max_queued_frames < 1:
             raise ValueError(f"max_queued_frames must be >= 1, got {self.max_queued_frames}")
+        if self.max_queued_bytes < 1:
+            raise ValueError(f"max_queued_bytes must be >= 1, got {self.max_queued_bytes}")
         if not (0 < self.connect_timeout < math.inf):
             raise ValueError(
                 f"connect_timeout must be positive and finite, got {self.connect_timeout}"
@@ -139,7 +144,11 @@ class Peer:
         self._on_data = on_data
         self._on_lost = on_lost
         self._rng = rng or random.Random()
-        self._queue = FrameQueue(self.config.max_queued_frames, on_sent=self._count_sent)
+        self._queue = FrameQueue(
+            self.config.max_queued_frames,
+            on_sent=self._count_sent,
+            byte_limit=self.config.max_queued_bytes,
+        )
         self._closed = False
         self._connected = False
         self._failures = 0
@@ -192,10 +201,11 @@ class Peer:
         """The error for a queue that is (still) full, saying which limit and what to do."""
         how_long = "" if waited is None else f" and stayed full for the call's {waited:.3g}s"
         return SendQueueFull(
-            f"send queue to {self.address} is full: {self.config.max_queued_frames} frames "
-            f"waiting (PeerConfig.max_queued_frames){how_long}; the remote is not keeping up "
-            f"or cannot be reached -- raise max_queued_frames or the call's timeout, or "
-            f"send less at once"
+            f"send queue to {self.address} is full: {len(self._queue)} frames, "
+            f"{self._queue.queued_bytes} bytes waiting (PeerConfig.max_queued_frames="
+            f"{self.config.max_queued_frames}, max_queued_bytes={self.config.max_queued_bytes})"
+            f"{how_long}; the remote is not keeping up or cannot be reached -- raise those "
+            f"limits or the call's timeout, or send less at once"
         )
 
     def close(self) -> None:

@@ -41,7 +41,7 @@ from moonpool.transport._errors import (
     SerializationError,
     TransportClosed,
 )
-from moonpool.transport._frame_queue import FrameQueue, write_frames
+from moonpool.transport._frame_queue import ByteBudget, FrameQueue, write_frames
 from moonpool.transport._framing import DEFAULT_MAX_FRAME_SIZE
 from moonpool.transport._protocol import TransportProtocol
 
@@ -82,7 +82,13 @@ class _Connection:
     )
 
     def __init__(
-        self, connection_id: str, source: str, stream: anyio.abc.ByteStream, queue: int
+        self,
+        connection_id: str,
+        source: str,
+        stream: anyio.abc.ByteStream,
+        queue: int,
+        queue_bytes: int,
+        budget: ByteBudget,
     ) -> None:
         self.id = connection_id
         self.source = source
@@ -90,7 +96,7 @@ class _Connection:
         self.closed = False
         self.outstanding = 0  # requests handed to the application, not yet answered
         self._answered: anyio.Event | None = None
-        self.outbox = FrameQueue(queue)
+        self.outbox = FrameQueue(queue, byte_limit=queue_bytes, budget=budget)
         # The connection's task group while it is being served.
         self.tasks: anyio.abc.TaskGroup | None = None
         # Created when the writer task is started, set when it has finished.  Most replies
@@ -206,12 +212,22 @@ class ServerTransport(Generic[E]):
         max_connections: int = 1024,
         max_pending_requests: int = 1024,
         max_queued_replies: int = 4096,
+        max_queued_reply_bytes: int = 4 * 1024 * 1024,
+        max_total_reply_bytes: int = 64 * 1024 * 1024,
         drain_timeout: float = 5.0,
         frame_timeout: float | None = 30.0,
     ) -> None:
-        if max_connections < 1 or max_pending_requests < 1 or max_queued_replies < 1:
+        limits = (
+            max_connections,
+            max_pending_requests,
+            max_queued_replies,
+            max_queued_reply_bytes,
+            max_total_reply_bytes,
+        )
+        if min(limits) < 1:
             raise ValueError(
-                "max_connections, max_pending_requests and max_queued_replies must be >= 1"
+                "max_connections, max_pending_requests, max_queued_replies, "
+                "max_queued_reply_bytes and max_total_reply_bytes must be >= 1"
             )
         if frame_timeout is not None and not 0 < frame_timeout < math.inf:
             raise ValueError(
@@ -225,6 +241,10 @@ class ServerTransport(Generic[E]):
         self._kinded = issubclass(envelope, KindedEnvelope)
         self._max_connections = max_connections
         self._max_queued_replies = max_queued_replies
+        self._max_queued_reply_bytes = max_queued_reply_bytes
+        # Replies queued to every client together (one non-reading client is held
+        # back by the per-connection bound, many by this one).
+        self._reply_budget = ByteBudget(max_total_reply_bytes)
         self._drain_timeout = drain_timeout
         # Slowloris protection: how long a connection may keep us waiting for the
         # rest of a frame it has started.  Idle connections (between frames) are
@@ -483,9 +503,22 @@ class ServerTransport(Generic[E]):
                 f"cannot reply to {request.source}: its connection closed before the reply"
             )
         if outbox.full:
+            budget = self._reply_budget
+            if budget.used >= budget.limit:
+                limit = (
+                    f"{budget.used} bytes of replies queued to all clients together "
+                    f"(max_total_reply_bytes={budget.limit})"
+                )
+            else:
+                limit = (
+                    f"{len(outbox)} replies, {outbox.queued_bytes} bytes unread (limits: "
+                    f"max_queued_replies={self._max_queued_replies}, "
+                    f"max_queued_reply_bytes={self._max_queued_reply_bytes})"
+                )
             raise SendQueueFull(
-                f"reply queue to {request.source} is full ({self._max_queued_replies} "
-                f"replies unread): the client is not reading"
+                f"reply queue to {request.source} is full: {limit}; the client is not "
+                f"reading its replies -- raise the limit on ServerTransport if it is slow "
+                f"by design"
             )
         frame = self._protocol.send(request.envelope.create_reply(bytes(payload)))
         # The last reply a connection owes goes out from this task at once (with
@@ -532,6 +565,8 @@ class ServerTransport(Generic[E]):
                 _source_of(stream, connection_id),
                 stream,
                 self._max_queued_replies,
+                self._max_queued_reply_bytes,
+                self._reply_budget,
             )
             self._connections[connection_id] = connection
             self.stats.connections_accepted += 1

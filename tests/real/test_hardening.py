@@ -33,6 +33,7 @@ from moonpool.transport import (
     ClientTransport,
     ConnectionFailed,
     RequestResponseEnvelope,
+    SendQueueFull,
     ServerTransport,
 )
 from moonpool.transport._envelope import U32_MAX
@@ -506,7 +507,12 @@ async def test_a_closed_connection_frees_its_queued_replies_at_once() -> None:
 
     with anyio.fail_after(LIMIT):
         async with (
-            ServerTransport.bind(RealNetwork(), "127.0.0.1:0", max_queued_replies=64) as server,
+            ServerTransport.bind(
+                RealNetwork(),
+                "127.0.0.1:0",
+                max_queued_replies=64,
+                max_queued_reply_bytes=32 * 1024 * 1024,
+            ) as server,
             anyio.create_task_group() as group,
         ):
             group.start_soon(server.serve, big_reply)
@@ -527,4 +533,59 @@ async def test_a_closed_connection_frees_its_queued_replies_at_once() -> None:
             finally:
                 tracemalloc.stop()
             assert queued - after > 8 * 1024 * 1024, (queued, after)
+            group.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("clients", [1, 4])
+async def test_clients_that_never_read_are_bounded_in_bytes(clients: int) -> None:
+    """Replies are bounded in bytes, per connection and for the whole server: clients
+    that pipeline requests for 256 KiB replies and never read them cost the server at
+    most the configured bytes (within 10 %), and get SendQueueFull beyond; before,
+    only a count of frames bounded it (4,096 x 256 KiB = 1 GiB per connection)."""
+    big = b"r" * (256 * 1024)
+    per_connection, total = 2 * 1024 * 1024, 3 * 1024 * 1024
+    refused: list[str] = []
+
+    async def big_reply(request: Any) -> None:
+        try:
+            server.send_reply(request, big)
+        except SendQueueFull as exc:
+            refused.append(str(exc))
+
+    with anyio.fail_after(LIMIT):
+        async with (
+            ServerTransport.bind(
+                RealNetwork(),
+                "127.0.0.1:0",
+                max_queued_reply_bytes=per_connection,
+                max_total_reply_bytes=total,
+            ) as server,
+            anyio.create_task_group() as group,
+        ):
+            group.start_soon(server.serve, big_reply)
+            tracemalloc.start()
+            try:
+                baseline = tracemalloc.get_traced_memory()[0]
+                raws = [await raw_connect(server.address) for _ in range(clients)]
+                for raw in raws:
+                    with contextlib.suppress(OSError, anyio.BrokenResourceError):
+                        await raw.send(b"".join(frame(n, b"give") for n in range(200)))
+                while server.stats.requests_received < 200 * clients:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+                await anyio.sleep(0.2)
+                held = tracemalloc.get_traced_memory()[0] - baseline
+            finally:
+                tracemalloc.stop()
+            bound = min(per_connection * clients, total)
+            # What sits in kernel socket buffers is not ours; what we queue is bounded.
+            assert held < 1.1 * bound + 2 * len(big), (held, bound)
+            assert refused
+            # Each refusal names the limit it hit (which one comes first depends on
+            # how much the backend's own socket buffers took).
+            assert all(
+                "max_queued_reply_bytes=" in message or "max_total_reply_bytes=" in message
+                for message in refused
+            )
+            for raw in raws:
+                await raw.aclose()
             group.cancel_scope.cancel()

@@ -521,5 +521,5 @@ async def test_a_queue_that_stays_full_fails_with_the_limit_and_what_to_do(
                 await client.get_reply(SERVER, b"z", timeout=2.0)
             assert trio.current_time() - started == pytest.approx(2.0)
             message = str(info.value)
-            assert "PeerConfig.max_queued_frames" in message and "stayed full" in message
+            assert "PeerConfig.max_queued_frames=1" in message and "stayed full" in message
             n.cancel_scope.cancel()
