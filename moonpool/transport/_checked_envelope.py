@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import struct
 import zlib
-from typing import Annotated, Final, Self, final
+from typing import Annotated, ClassVar, Final, Self, final
 
 import msgspec
 
@@ -20,6 +20,11 @@ from moonpool.transport._envelope import U32_MAX, U64_MAX, describe_length
 from moonpool.transport._errors import SerializationError
 
 __all__ = ["CheckedEnvelope", "CheckedEnvelopeSerializer", "EnvelopeKind"]
+
+# Checked by the decoder before it builds anything: a dict entry costs about 20 times
+# its wire size, so without a bound a 1 MiB frame of tiny headers decoded into 20 MB.
+_MAX_HEADERS: Final = 64
+_MAX_HEADER_BYTES: Final = 16 * 1024
 
 
 class EnvelopeKind(enum.IntEnum):
@@ -33,6 +38,9 @@ class EnvelopeKind(enum.IntEnum):
 
 # msgpack integers stop at u64, so only the lower bound needs checking on decode.
 _CorrelationId = Annotated[int, msgspec.Meta(ge=0)]
+# A string longer than every header together could be is rejected while decoding.
+_HeaderText = Annotated[str, msgspec.Meta(max_length=_MAX_HEADER_BYTES)]
+_Headers = Annotated[dict[_HeaderText, _HeaderText], msgspec.Meta(max_length=_MAX_HEADERS)]
 
 
 @final
@@ -43,12 +51,23 @@ class CheckedEnvelope(msgspec.Struct, frozen=True, kw_only=True, array_like=True
     where ``body`` is the msgpack encoding of the struct (as an array, in field
     order).  Any flipped bit is detected: in the header as soon as it arrives, in
     the body when the frame completes.
+
+    ``headers`` are bounded -- at most :attr:`MAX_HEADERS` of them, their names and
+    values :attr:`MAX_HEADER_BYTES` characters in all -- so that what a received
+    envelope holds in memory stays proportional to its frame (at most a few
+    kilobytes more).  A larger set raises :class:`SerializationError` when sent, and
+    closes the connection it arrives on.
     """
 
     kind: EnvelopeKind
     correlation_id: _CorrelationId
     payload: bytes
-    headers: dict[str, str] = {}
+    headers: _Headers = {}
+
+    #: Most headers one envelope may carry.
+    MAX_HEADERS: ClassVar[int] = _MAX_HEADERS
+    #: Most characters one envelope's header names and values may add up to.
+    MAX_HEADER_BYTES: ClassVar[int] = _MAX_HEADER_BYTES
 
     @classmethod
     def create_request(cls, correlation_id: int, payload: bytes) -> Self:
@@ -136,6 +155,10 @@ class CheckedEnvelopeSerializer:
             raise SerializationError(
                 f"kind must be an EnvelopeKind, got {envelope.kind!r} (correlation id {cid})"
             )
+        if envelope.headers and (problem := _header_problem(envelope.headers)) is not None:
+            raise SerializationError(
+                f"cannot encode CheckedEnvelope with correlation id {cid}: {problem}"
+            )
         try:
             body = self._encoder.encode(envelope)
         except (msgspec.EncodeError, TypeError, OverflowError) as exc:
@@ -165,12 +188,43 @@ class CheckedEnvelopeSerializer:
                     f"the {body_len}-byte body hashes to {actual:#010x} (corrupted frame)"
                 )
             try:
-                return self._decoder.decode(body)
+                envelope = self._decoder.decode(body)
             except msgspec.DecodeError as exc:
+                # Field 3 is ``headers``: say which limit a refused map broke.
+                limits = (
+                    f" (headers: at most CheckedEnvelope.MAX_HEADERS={_MAX_HEADERS}, "
+                    f"MAX_HEADER_BYTES={_MAX_HEADER_BYTES} characters in all)"
+                    if "$[3]" in str(exc)
+                    else ""
+                )
                 raise SerializationError(
                     f"CheckedEnvelope body ({body_len} bytes, checksum ok) is not a valid "
-                    f"envelope: {exc}"
+                    f"envelope: {exc}{limits}"
                 ) from exc
+        if envelope.headers and (problem := _header_problem(envelope.headers)) is not None:
+            raise SerializationError(
+                f"CheckedEnvelope with correlation id {envelope.correlation_id} carries {problem}"
+            )
+        return envelope
+
+
+def _header_problem(headers: object) -> str | None:
+    """What is wrong with ``headers`` (types, or one of the two bounds), or ``None``."""
+    if not isinstance(headers, dict):
+        return f"headers must be a dict of str to str, not {type(headers).__name__}"
+    if len(headers) > _MAX_HEADERS:
+        return f"{len(headers)} headers, more than CheckedEnvelope.MAX_HEADERS={_MAX_HEADERS}"
+    total = 0
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            return f"header {name!r}: header names and values must be str"
+        total += len(name) + len(value)
+    if total > _MAX_HEADER_BYTES:
+        return (
+            f"headers of {total} characters, more than "
+            f"CheckedEnvelope.MAX_HEADER_BYTES={_MAX_HEADER_BYTES}"
+        )
+    return None
 
 
 def _read_header(header: bytes | memoryview) -> tuple[int, int]:

@@ -18,12 +18,14 @@ import socket
 import struct
 import time
 import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import anyio.abc
+import msgspec
 import pytest
 from anyio.abc import SocketAttribute
 
@@ -78,9 +80,10 @@ async def abused_server(**options: Any) -> AsyncIterator[tuple[ServerTransport[A
     On exit the good client must have been served throughout (it fails the test
     otherwise) and is served once more after the abuse.
     """
+    envelope = options.get("envelope", RequestResponseEnvelope)
     async with (
         ServerTransport.bind(RealNetwork(), "127.0.0.1:0", **options) as server,
-        ClientTransport(RealNetwork()) as client,
+        ClientTransport(RealNetwork(), envelope=envelope) as client,
         anyio.create_task_group() as group,
     ):
 
@@ -589,3 +592,37 @@ async def test_clients_that_never_read_are_bounded_in_bytes(clients: int) -> Non
             for raw in raws:
                 await raw.aclose()
             group.cancel_scope.cancel()
+
+
+async def test_a_header_bomb_closes_its_connection_and_costs_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Frames of 150,000 tiny CheckedEnvelope headers each (1 MiB) used to decode into
+    ~20 MB apiece; now each is refused on its header count, its connection is closed,
+    and the server's memory does not grow by more than the frames it buffered."""
+    headers = {f"{i:x}": "" for i in range(150_000)}
+    body = msgspec.msgpack.encode([0, 1, b"", headers])
+    length_and_sum = struct.pack("<II", len(body), zlib.crc32(body))
+    bomb = length_and_sum + struct.pack("<I", zlib.crc32(length_and_sum)) + body
+    assert len(bomb) < 2**20  # within max_frame_size: only the headers are wrong
+    with anyio.fail_after(LIMIT):
+        async with abused_server(envelope=CheckedEnvelope) as (server, good):
+            tracemalloc.start()
+            try:
+                baseline = tracemalloc.get_traced_memory()[0]
+                raws = [await raw_connect(server.address) for _ in range(8)]
+                for raw in raws:
+                    with contextlib.suppress(OSError, anyio.BrokenResourceError):
+                        await raw.send(bomb)
+                for raw in raws:
+                    assert await closed_by_server(raw)
+                peak = tracemalloc.get_traced_memory()[1] - baseline
+            finally:
+                tracemalloc.stop()
+            for raw in raws:
+                await raw.aclose()
+            assert server.stats.connections_closed_for_bad_input == len(raws)
+            # Before: 8 x ~20 MB.  Now: at most the frames being buffered.
+            assert peak < len(raws) * 2 * len(bomb), peak
+            await good.check()
+    assert len(logged(caplog, "length <= 64", "MAX_HEADERS=64")) == len(raws)

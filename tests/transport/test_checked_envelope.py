@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import tracemalloc
 import zlib
 
 import msgspec
@@ -186,3 +187,77 @@ def test_corrupted_length_is_rejected_from_the_header_alone(bit: int) -> None:
     frame[bit // 8] ^= 1 << (bit % 8)
     with pytest.raises(SerializationError, match="header checksum mismatch"):
         SER.frame_size(bytes(frame[:12]))
+
+
+# -- bounded headers -------------------------------------------------------------------
+
+
+def _bomb(count: int) -> bytes:
+    """A frame whose body holds ``count`` tiny headers (written without the serializer)."""
+    headers = {f"{i:x}": "" for i in range(count)}
+    return _frame(msgspec.msgpack.encode([0, 1, b"", headers]))
+
+
+def test_header_bomb_is_refused_before_it_is_built() -> None:
+    """A 1 MiB frame of ~200,000 tiny headers used to decode into ~20 MB of dict; the
+    decoder now refuses it on the map's length, before building any entry."""
+    bomb = _bomb(200_000)
+    assert len(bomb) > 1_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(
+            SerializationError, match=r"not a valid envelope.*<= 64.*MAX_HEADERS=64"
+        ):
+            SER.deserialize(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024, peak
+
+
+def test_the_header_limits_are_exact() -> None:
+    limit = CheckedEnvelope.MAX_HEADERS
+    assert limit == 64
+    assert len(SER.deserialize(_bomb(limit)).headers) == limit
+    with pytest.raises(SerializationError):
+        SER.deserialize(_bomb(limit + 1))
+
+    room = CheckedEnvelope.MAX_HEADER_BYTES
+    assert room == 16 * 1024
+    fits = CheckedEnvelope(
+        kind=EnvelopeKind.REQUEST, correlation_id=1, payload=b"", headers={"k": "v" * (room - 1)}
+    )
+    assert SER.deserialize(SER.serialize(fits)) == fits
+    # Two headers, each within the limit, that add up to one character too many.
+    half = "v" * (room // 2)
+    body = msgspec.msgpack.encode([0, 1, b"", {"a": half, "b": half[1:]}])
+    with pytest.raises(SerializationError, match=f"{room + 1} characters.*MAX_HEADER_BYTES"):
+        SER.deserialize(_frame(body))
+
+
+def test_sending_too_many_headers_fails_at_the_sender() -> None:
+    too_many = CheckedEnvelope.create_one_way(b"", headers={str(i): "" for i in range(65)})
+    with pytest.raises(SerializationError, match=r"cannot encode.*: 65 headers.*MAX_HEADERS=64"):
+        SER.serialize(too_many)
+    too_long = CheckedEnvelope.create_one_way(b"", headers={"k": "v" * (16 * 1024)})
+    with pytest.raises(SerializationError, match="headers of 16385 characters"):
+        SER.serialize(too_long)
+    not_text = CheckedEnvelope.create_one_way(b"", headers={"k": 1})  # type: ignore[dict-item]
+    with pytest.raises(SerializationError, match="must be str"):
+        SER.serialize(not_text)
+
+
+@given(count=st.integers(0, 64), size=st.integers(0, 200))
+def test_decoded_memory_is_proportional_to_the_frame(count: int, size: int) -> None:
+    """Whatever the headers, what a decoded envelope holds is its frame plus a small
+    constant (a few kilobytes), never a multiple of it."""
+    headers = {f"{i:x}": "v" * size for i in range(count)}
+    frame = _frame(msgspec.msgpack.encode([0, 1, b"", headers]))
+    tracemalloc.start()
+    try:
+        envelope = SER.deserialize(frame)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(envelope.headers) == count
+    assert held < 2 * len(frame) + 8 * 1024, (held, len(frame))
