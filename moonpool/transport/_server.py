@@ -13,7 +13,10 @@ whatever clients do: a maximum frame size, a maximum number of connections, a
 bounded request queue (a client that floods it stops being read: TCP
 backpressure) and a bounded reply queue per connection.  A ``frame_timeout``
 closes connections that start a frame and never finish it ("slowloris"), so
-they cannot hold a connection slot and a frame buffer forever.
+they cannot hold a connection slot and a frame buffer forever; an
+``idle_timeout`` closes connections that have nothing to do, and at
+``max_connections`` a new client takes the slot of the longest-idle connection
+rather than being refused, so silent sockets cannot lock clients out.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar, cast, final
+from typing import Any, Final, Generic, Self, TypeVar, cast, final
 
 import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from moonpool._ground._run import in_simulation
 from moonpool.net import InvalidAddress, Listener, NetworkProvider
 from moonpool.net._nowait import nonblocking_sender
 from moonpool.transport._background import BackgroundTasks
@@ -56,10 +60,31 @@ E = TypeVar("E", bound=Envelope)
 RequestHandler = Callable[["ReceivedEnvelope[E]"], Awaitable[bytes | None]]
 
 
+class _DefaultIdleTimeout(float):
+    """The default ``idle_timeout``: 300 s on a real network, none in simulation.
+
+    A distinct float, so that an explicit ``idle_timeout=300`` is told apart from
+    the default and honoured in simulation too.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"{float(self):g} (None in simulation)"
+
+
+DEFAULT_IDLE_TIMEOUT: Final = _DefaultIdleTimeout(300.0)
+
+
 @dataclass(slots=True)
 class ServerStats:
     connections_accepted: int = 0
+    #: Refused at ``max_connections`` because no connection was idle to make room.
     connections_rejected: int = 0
+    #: Closed at ``max_connections`` to make room for a new one (the longest idle).
+    connections_evicted: int = 0
+    #: Closed after ``idle_timeout`` with nothing to do.
+    connections_closed_idle: int = 0
     connections_closed_for_bad_input: int = 0
     connections_closed_for_slow_frames: int = 0
     requests_received: int = 0
@@ -73,6 +98,7 @@ class _Connection:
         "_answered",
         "closed",
         "id",
+        "last_active",
         "outbox",
         "outstanding",
         "source",
@@ -89,11 +115,15 @@ class _Connection:
         queue: int,
         queue_bytes: int,
         budget: ByteBudget,
+        now: float,
     ) -> None:
         self.id = connection_id
         self.source = source
         self.stream = stream
         self.closed = False
+        # When bytes last arrived or a reply was last queued: idleness is measured
+        # from here, by the idle reaper and by eviction at max_connections.
+        self.last_active = now
         self.outstanding = 0  # requests handed to the application, not yet answered
         self._answered: anyio.Event | None = None
         self.outbox = FrameQueue(queue, byte_limit=queue_bytes, budget=budget)
@@ -104,6 +134,23 @@ class _Connection:
         # connection may never need a writer: it is started on the first backlog
         # (a third of an idle connection's memory, measured).
         self.writer_done: anyio.Event | None = None
+
+    def is_idle(self, mid_frame: bool) -> bool:
+        """Nothing to do: no unanswered request, no unwritten reply, no half frame."""
+        return (
+            not self.closed
+            and self.tasks is not None
+            and not self.outstanding
+            and not self.outbox
+            and not mid_frame
+        )
+
+    def close_now(self) -> None:
+        """Close from outside its task (idle or evicted): its task unwinds at once."""
+        tasks = self.tasks
+        self.shut()
+        if tasks is not None:
+            tasks.cancel_scope.cancel()
 
     def answered_one(self) -> None:
         self.outstanding -= 1
@@ -200,7 +247,29 @@ def _source_of(stream: anyio.abc.ByteStream, fallback: str) -> str:
 
 @final
 class ServerTransport(Generic[E]):
-    """Serves requests on one address; use as ``async with ServerTransport.bind(...)``."""
+    """Serves requests on one address; use as ``async with ServerTransport.bind(...)``.
+
+    The limits (README's "Limits" lists them with their defaults):
+
+    * ``max_frame_size`` -- largest frame, header included, either way;
+    * ``max_connections`` -- at the limit a new client takes the slot of the
+      longest-idle connection (no unanswered request, no unwritten reply, no half
+      frame); it is refused only when every connection is busy;
+    * ``max_pending_requests`` -- requests waiting for the application; beyond it
+      the server stops reading (TCP pushes back);
+    * ``max_queued_replies``, ``max_queued_reply_bytes`` -- replies queued to one
+      connection, ``max_total_reply_bytes`` -- to all of them; beyond,
+      :meth:`send_reply` raises :class:`SendQueueFull`;
+    * ``drain_timeout`` -- how long a half-closed connection's last replies get;
+    * ``frame_timeout`` -- how long a client may take to finish a frame it started;
+    * ``idle_timeout`` -- how long a connection with nothing to do stays open
+      (checked four times per timeout, so it closes within 1.25 times it).  The
+      default is 300 s on a real network and none in simulation, where idle
+      connections are part of most tests; pass a value to have one there too.
+      As with HTTP keep-alive, a request sent just as its idle connection closes
+      fails with :class:`ConnectionFailed`: the client cannot know whether it
+      was read.
+    """
 
     def __init__(
         self,
@@ -216,6 +285,7 @@ class ServerTransport(Generic[E]):
         max_total_reply_bytes: int = 64 * 1024 * 1024,
         drain_timeout: float = 5.0,
         frame_timeout: float | None = 30.0,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         limits = (
             max_connections,
@@ -229,10 +299,13 @@ class ServerTransport(Generic[E]):
                 "max_connections, max_pending_requests, max_queued_replies, "
                 "max_queued_reply_bytes and max_total_reply_bytes must be >= 1"
             )
-        if frame_timeout is not None and not 0 < frame_timeout < math.inf:
-            raise ValueError(
-                f"frame_timeout must be positive and finite, or None, got {frame_timeout!r}"
-            )
+        for name, timeout in (("frame_timeout", frame_timeout), ("idle_timeout", idle_timeout)):
+            if timeout is not None and not 0 < timeout < math.inf:
+                raise ValueError(f"{name} must be positive and finite, or None, got {timeout!r}")
+        if idle_timeout is DEFAULT_IDLE_TIMEOUT and in_simulation():
+            # Simulated seeds run for simulated minutes with connections that are
+            # idle by design; an idle close there is asked for, not imposed.
+            idle_timeout = None
         self._network = network
         self._requested_address = address
         self._protocol: TransportProtocol[E] = TransportProtocol(
@@ -250,6 +323,7 @@ class ServerTransport(Generic[E]):
         # rest of a frame it has started.  Idle connections (between frames) are
         # not affected; max_connections bounds those.
         self._frame_timeout = frame_timeout
+        self._idle_timeout = None if idle_timeout is None else float(idle_timeout)
         self._requests_in: MemoryObjectSendStream[ReceivedEnvelope[E]]
         self._requests_out: MemoryObjectReceiveStream[ReceivedEnvelope[E]]
         self._requests_in, self._requests_out = anyio.create_memory_object_stream[
@@ -316,6 +390,10 @@ class ServerTransport(Generic[E]):
             tasks,
             name=f"moonpool server accept {self.address}",
         )
+        if self._idle_timeout is not None:
+            tasks.start_soon(
+                self._reap_idle, self._idle_timeout, name=f"moonpool server idle {self.address}"
+            )
         return self
 
     async def __aexit__(
@@ -525,6 +603,7 @@ class ServerTransport(Generic[E]):
         # any queued before it); while more are owed, replies wait in the outbox
         # so that a pipelined batch leaves in one write.
         outbox.put(frame, write_now=connection.outstanding <= 1)
+        connection.last_active = anyio.current_time()
         if outbox and connection.writer_done is None:
             self._start_writer(connection)
         self.stats.replies_sent += 1
@@ -548,10 +627,12 @@ class ServerTransport(Generic[E]):
                 log.warning("server %s: accept failed: %s", self.address, exc)
                 await anyio.sleep(0.1)
                 continue
-            if len(self._connections) >= self._max_connections:
+            if len(self._connections) >= self._max_connections and not self._evict_idle():
                 self.stats.connections_rejected += 1
                 log.warning(
-                    "server %s: connection limit of %d reached; closing a new connection",
+                    "server %s: connection limit of %d reached and every connection is "
+                    "busy; closing a new connection (raise max_connections if the "
+                    "server has the memory)",
                     self.address,
                     self._max_connections,
                 )
@@ -567,6 +648,7 @@ class ServerTransport(Generic[E]):
                 self._max_queued_replies,
                 self._max_queued_reply_bytes,
                 self._reply_budget,
+                anyio.current_time(),
             )
             self._connections[connection_id] = connection
             self.stats.connections_accepted += 1
@@ -597,7 +679,7 @@ class ServerTransport(Generic[E]):
                 group.cancel_scope.cancel()
         finally:
             connection.shut()
-            del self._connections[connection.id]
+            self._connections.pop(connection.id, None)
             if not self._protocol.closed:
                 self._protocol.connection_lost(connection.id, now=anyio.current_time())
 
@@ -621,6 +703,7 @@ class ServerTransport(Generic[E]):
                     budget -= anyio.current_time() - waited_from
                 else:
                     data = await stream.receive()
+                connection.last_active = anyio.current_time()
                 protocol.handle_received(connection.id, data)
             except anyio.EndOfStream:
                 partial = protocol.buffered(connection.id)
@@ -689,6 +772,54 @@ class ServerTransport(Generic[E]):
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return False
         return True
+
+    def _is_idle(self, connection: _Connection) -> bool:
+        return connection.is_idle(mid_frame=self._protocol.buffered(connection.id) > 0)
+
+    def _evict_idle(self) -> bool:
+        """Close the longest-idle connection to make room for a new one; False if none is.
+
+        Preferring the new client over a connection with nothing to do is what
+        keeps a flood of silent sockets from locking every real client out.
+        """
+        idle = [c for c in self._connections.values() if self._is_idle(c)]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda connection: connection.last_active)  # first on ties
+        self.stats.connections_evicted += 1
+        log.info(
+            "server %s: connection limit of %d reached; closing %s, idle for %.3gs, "
+            "to make room for a new client",
+            self.address,
+            self._max_connections,
+            victim.source,
+            anyio.current_time() - victim.last_active,
+        )
+        self._connections.pop(victim.id, None)
+        victim.close_now()
+        return True
+
+    async def _reap_idle(self, idle_timeout: float) -> None:
+        """Close connections idle for ``idle_timeout`` (checked four times per timeout).
+
+        One task for every connection, rather than a deadline on each read: a
+        round trip then only records the time it happened.
+        """
+        period = idle_timeout / 4
+        while True:
+            await anyio.sleep(period)
+            deadline = anyio.current_time() - idle_timeout
+            for connection in list(self._connections.values()):
+                if connection.last_active <= deadline and self._is_idle(connection):
+                    self.stats.connections_closed_idle += 1
+                    log.info(
+                        "server %s: closing connection from %s: idle for idle_timeout=%gs",
+                        self.address,
+                        connection.source,
+                        idle_timeout,
+                    )
+                    self._connections.pop(connection.id, None)
+                    connection.close_now()
 
     def _slow_frame(self, connection: _Connection, buffered: int) -> None:
         self.stats.connections_closed_for_slow_frames += 1

@@ -34,6 +34,7 @@ from moonpool.transport import (
     CheckedEnvelope,
     ClientTransport,
     ConnectionFailed,
+    ReceivedEnvelope,
     RequestResponseEnvelope,
     SendQueueFull,
     ServerTransport,
@@ -319,39 +320,141 @@ async def test_a_frame_sent_one_byte_at_a_time_is_served() -> None:
 # -- connection limits -----------------------------------------------------------------
 
 
-async def test_idle_connections_beyond_max_connections_are_refused(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    limit, flood = 50, 200
+async def test_an_idle_flood_cannot_lock_new_clients_out(caplog: pytest.LogCaptureFixture) -> None:
+    """Silent sockets filling every slot used to lock every new client out (20 of 20
+    new connects failed).  At max_connections a newcomer now takes the slot of the
+    longest-idle connection: every new client is served, and the server never holds
+    more than max_connections."""
+    limit, flood, newcomers = 50, 200, 20
     with anyio.fail_after(LIMIT):
         async with abused_server(max_connections=limit) as (server, good):
             raws = [await raw_connect(server.address) for _ in range(flood)]
             try:
-                # The good client holds one slot; 49 idle sockets take the rest.
-                rejected = flood - (limit - 1)
-                await wait_until(lambda: server.stats.connections_rejected >= rejected)
-                assert server.connection_count == limit
-                await good.check()  # its connection was open before: still served
-
-                closed: list[bool] = [False] * flood
-
-                async def probe(i: int) -> None:
-                    closed[i] = await closed_by_server(raws[i], within=0.5)
-
-                async with anyio.create_task_group() as group:
-                    for i in range(flood):
-                        group.start_soon(probe, i)
-                assert sum(closed) == rejected
-                assert server.stats.connections_rejected == rejected
-                assert server.stats.connections_accepted == limit
+                await wait_until(lambda: server.stats.connections_accepted >= flood)
+                assert server.connection_count <= limit
+                for n in range(newcomers):
+                    async with ClientTransport(RealNetwork()) as newcomer:
+                        reply = await newcomer.get_reply(server.address, b"new %d" % n)
+                    assert reply == b"echo:new %d" % n
+                    assert server.connection_count <= limit
+                await good.check()
+                # The oldest silent sockets made room, each closed by the server.
+                evicted = server.stats.connections_evicted
+                assert evicted >= flood + 1 - limit  # the good client holds one slot
+                assert server.stats.connections_rejected == 0
+                assert await closed_by_server(raws[0], within=1.0)
             finally:
                 for raw in raws:
                     await anyio.aclose_forcefully(raw)
-            # Once the idle sockets are gone their slots are free again.
-            await wait_until(lambda: server.connection_count <= 1)
-            async with ClientTransport(RealNetwork()) as newcomer:
-                assert await newcomer.get_reply(server.address, b"hi") == b"echo:hi"
-    assert logged(caplog, "connection limit of 50")
+    assert logged(caplog, "connection limit of 50") == []  # evictions log at INFO
+
+
+async def test_at_max_connections_with_every_connection_busy_a_newcomer_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A connection is idle only with nothing owed either way: one whose request the
+    application still holds is never evicted, so when all are busy the newcomer is
+    the one refused."""
+    limit = 4
+    held: list[ReceivedEnvelope[Any]] = []
+
+    async def hold(request: ReceivedEnvelope[Any]) -> None:
+        held.append(request)  # answered only at the end
+
+    with anyio.fail_after(LIMIT):
+        async with (
+            ServerTransport.bind(RealNetwork(), "127.0.0.1:0", max_connections=limit) as server,
+            anyio.create_task_group() as group,
+        ):
+            group.start_soon(server.serve, hold)
+            busy = [await raw_connect(server.address) for _ in range(limit)]
+            for n, raw in enumerate(busy):
+                await raw.send(frame(n + 1, b"hold"))
+            await wait_until(lambda: len(held) == limit)
+            newcomer = await raw_connect(server.address)
+            assert await closed_by_server(newcomer)
+            assert server.stats.connections_rejected == 1
+            assert server.stats.connections_evicted == 0
+            # Once one busy connection is answered it is idle, and makes room.
+            await held[0].reply(b"done")
+            assert await read_until_eof_or(busy[0], len(frame(1, b"done"))) == frame(1, b"done")
+            late = await raw_connect(server.address)
+            assert await closed_by_server(busy[0])
+            assert server.stats.connections_evicted == 1
+            for raw in [*busy, newcomer, late]:
+                await raw.aclose()
+            group.cancel_scope.cancel()
+    assert logged(caplog, "connection limit of 4", "every connection is busy")
+
+
+async def read_until_eof_or(stream: anyio.abc.ByteStream, size: int) -> bytes:
+    """Read until ``size`` bytes arrived or the stream ended."""
+    received = b""
+    with contextlib.suppress(anyio.EndOfStream):
+        while len(received) < size:
+            received += await stream.receive()
+    return received
+
+
+async def test_an_idle_connection_is_closed_after_idle_timeout() -> None:
+    """Only connections with nothing to do are closed: one whose request is being
+    handled, one in the middle of a frame (frame_timeout's business) and one that
+    keeps talking all stay open."""
+    idle_timeout = 0.2
+    release = anyio.Event()
+
+    async def slow(request: ReceivedEnvelope[Any]) -> bytes:
+        if request.payload == b"slow":
+            await release.wait()
+        return b"echo:" + request.payload
+
+    with anyio.fail_after(LIMIT):
+        async with (
+            ServerTransport.bind(
+                RealNetwork(), "127.0.0.1:0", idle_timeout=idle_timeout, frame_timeout=10.0
+            ) as server,
+            ClientTransport(RealNetwork()) as client,
+            anyio.create_task_group() as group,
+        ):
+            group.start_soon(server.serve, slow)
+            silent = await raw_connect(server.address)
+            waiting = await raw_connect(server.address)
+            await waiting.send(frame(1, b"slow"))
+            half = await raw_connect(server.address)
+            await half.send(frame(2, b"never finished")[:9])
+
+            async def chatter() -> None:
+                for n in range(20):
+                    assert await client.get_reply(server.address, b"%d" % n) == b"echo:%d" % n
+                    await anyio.sleep(idle_timeout / 4)
+
+            started = anyio.current_time()
+            assert await closed_by_server(silent, within=2.0)
+            assert idle_timeout <= anyio.current_time() - started < 1.0
+            await chatter()  # 1 s of talk, never idle for long: never closed
+            assert server.stats.connections_closed_idle == 1
+            assert client.stats().connection_failures == 0
+            # The slow request is answered a second later; then its connection idles.
+            release.set()
+            assert await read_until_eof_or(waiting, len(frame(1, b"echo:slow"))) == frame(
+                1, b"echo:slow"
+            )
+            assert await closed_by_server(waiting, within=2.0)
+            # ... and so does the chatter's, now silent; its next call reconnects.
+            await wait_until(lambda: server.stats.connections_closed_idle == 3)
+            assert await client.get_reply(server.address, b"again") == b"echo:again"
+            assert server.stats.connections_accepted == 5
+            assert server.stats.connections_closed_for_slow_frames == 0
+            assert not await closed_by_server(half, within=0.3)  # mid-frame: not idle
+            for raw in (silent, waiting, half):
+                await raw.aclose()
+            group.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan")])
+def test_idle_timeout_must_be_positive_and_finite(bad: float) -> None:
+    with pytest.raises(ValueError, match="idle_timeout"):
+        ServerTransport(RealNetwork(), "127.0.0.1:0", idle_timeout=bad)
 
 
 async def test_abuse_does_not_leak_connections() -> None:
