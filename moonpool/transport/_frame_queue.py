@@ -62,6 +62,7 @@ class FrameQueue:
         "_closed",
         "_fragment",
         "_frames",
+        "_in_flight",
         "_room",
         "_waiter",
         "budget",
@@ -97,6 +98,10 @@ class FrameQueue:
         #: True while the writer task is inside ``await stream.send()``: the fast
         #: path must not write then, or the two writes could interleave.
         self.writing = False
+        # Bytes of that write: they count against the limits until it returns (on
+        # asyncio they sit in the transport's buffer meanwhile; not counting them
+        # let a server hold a write per connection beyond its budget).
+        self._in_flight = 0
         # (frame, the caller's tag: a request's correlation id, see unsent_tags())
         self._frames: deque[tuple[bytes, int | None]] = deque()
         # The unwritten tail of a batch the fast path could only partly write: it
@@ -116,7 +121,7 @@ class FrameQueue:
 
     @property
     def queued_bytes(self) -> int:
-        """Bytes of the frames queued and not yet taken for writing."""
+        """Bytes queued: frames not yet written, and the write in progress."""
         return self._bytes
 
     @property
@@ -153,6 +158,7 @@ class FrameQueue:
             if sent < len(data):
                 # Frames are counted once, with their first byte on the wire.
                 self._fragment = (data[sent:], 0 if sent else count)
+                self._count(len(data) - sent)
                 self._wake()
                 return
 
@@ -171,7 +177,7 @@ class FrameQueue:
         dropped = len(self)
         self._frames.clear()
         self._fragment = None
-        self._count(-self._bytes)
+        self._count(self._in_flight - self._bytes)  # a write in progress ends itself
         if self._room is not None:
             self._made_room()
         return dropped
@@ -187,6 +193,18 @@ class FrameQueue:
         if room is not None and (not self.full or self._closed):
             self._room = None
             room.set()
+
+    def begin_write(self, size: int) -> None:
+        """The writer hands ``size`` bytes it took to ``send``: they stay counted."""
+        self.writing = True
+        self._in_flight = size
+        self._count(size)
+
+    def end_write(self) -> None:
+        """That ``send`` returned (or failed): its bytes are the kernel's now."""
+        self.writing = False
+        size, self._in_flight = self._in_flight, 0
+        self._taken(size)
 
     def close(self) -> None:
         """No more frames will come; the writer finishes what is queued, then stops."""
@@ -210,6 +228,7 @@ class FrameQueue:
         fragment = self._fragment
         if fragment is not None:
             self._fragment = None
+            self._taken(len(fragment[0]))
             return fragment
         frames = self._frames
         first = frames.popleft()[0]
@@ -250,10 +269,10 @@ async def write_frames(stream: anyio.abc.ByteStream, queue: FrameQueue) -> None:
     """
     while await queue.wait():
         data, count = queue.take()
-        queue.writing = True
+        queue.begin_write(len(data))
         try:
             await stream.send(data)
         finally:
-            queue.writing = False
+            queue.end_write()
         if queue.on_sent is not None:
             queue.on_sent(count, len(data))

@@ -14,6 +14,7 @@ import contextlib
 import gc
 import logging
 import random
+import re
 import socket
 import struct
 import time
@@ -418,6 +419,8 @@ async def test_an_idle_connection_is_closed_after_idle_timeout() -> None:
         ):
             group.start_soon(server.serve, slow)
             silent = await raw_connect(server.address)
+            await wait_until(lambda: server.stats.connections_accepted == 1)
+            accepted = anyio.current_time()
             waiting = await raw_connect(server.address)
             await waiting.send(frame(1, b"slow"))
             half = await raw_connect(server.address)
@@ -428,9 +431,8 @@ async def test_an_idle_connection_is_closed_after_idle_timeout() -> None:
                     assert await client.get_reply(server.address, b"%d" % n) == b"echo:%d" % n
                     await anyio.sleep(idle_timeout / 4)
 
-            started = anyio.current_time()
             assert await closed_by_server(silent, within=2.0)
-            assert idle_timeout <= anyio.current_time() - started < 1.0
+            assert 0.9 * idle_timeout <= anyio.current_time() - accepted < 1.0
             await chatter()  # 1 s of talk, never idle for long: never closed
             assert server.stats.connections_closed_idle == 1
             assert client.stats().connection_failures == 0
@@ -650,13 +652,13 @@ async def test_clients_that_never_read_are_bounded_in_bytes(clients: int) -> Non
     only a count of frames bounded it (4,096 x 256 KiB = 1 GiB per connection)."""
     big = b"r" * (256 * 1024)
     per_connection, total = 2 * 1024 * 1024, 3 * 1024 * 1024
-    refused: list[str] = []
+    refused: set[str] = set()  # which limits refusals named (not every message: memory)
 
     async def big_reply(request: Any) -> None:
         try:
             server.send_reply(request, big)
         except SendQueueFull as exc:
-            refused.append(str(exc))
+            refused.update(re.findall(r"max_\w+_bytes=", str(exc)))
 
     with anyio.fail_after(LIMIT):
         async with (
@@ -683,15 +685,14 @@ async def test_clients_that_never_read_are_bounded_in_bytes(clients: int) -> Non
             finally:
                 tracemalloc.stop()
             bound = min(per_connection * clients, total)
-            # What sits in kernel socket buffers is not ours; what we queue is bounded.
-            assert held < 1.1 * bound + 2 * len(big), (held, bound)
-            assert refused
+            # What sits in kernel socket buffers is not ours; what we queue, or are
+            # writing, is bounded.  (On asyncio the event loop keeps its own copy of
+            # the unsent part of a write in progress: up to one per connection.)
+            assert held < 1.1 * bound + clients * len(big), (held, bound)
             # Each refusal names the limit it hit (which one comes first depends on
             # how much the backend's own socket buffers took).
-            assert all(
-                "max_queued_reply_bytes=" in message or "max_total_reply_bytes=" in message
-                for message in refused
-            )
+            assert refused
+            assert refused <= {"max_queued_reply_bytes=", "max_total_reply_bytes="}
             for raw in raws:
                 await raw.aclose()
             group.cancel_scope.cancel()
@@ -729,3 +730,49 @@ async def test_a_header_bomb_closes_its_connection_and_costs_nothing(
             assert peak < len(raws) * 2 * len(bomb), peak
             await good.check()
     assert len(logged(caplog, "length <= 64", "MAX_HEADERS=64")) == len(raws)
+
+
+# -- fairness ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("style", ["serve", "async for"])
+async def test_a_greedy_pipeliner_does_not_hold_up_other_connections(style: str) -> None:
+    """A client pipelining 20,000 requests in one write, and another sending one: the
+    second is handled after at most a few dozen of the first's, whether the handler
+    runs in the connection's task (``serve``) or the application replies without
+    awaiting (``async for`` + ``send_reply``).  Before, it waited behind a whole read's
+    worth of them (thousands) or the whole queue."""
+    handled: list[bytes] = []
+
+    async def handler(request: ReceivedEnvelope[Any]) -> bytes:
+        handled.append(request.payload)
+        return request.payload
+
+    async def application(server: ServerTransport[Any]) -> None:
+        async for request in server:
+            handled.append(request.payload)
+            with contextlib.suppress(ConnectionFailed):
+                server.send_reply(request, request.payload)
+
+    burst = b"".join(frame(n + 1, b"g") for n in range(20_000))
+    with anyio.fail_after(LIMIT):
+        async with (
+            ServerTransport.bind(RealNetwork(), "127.0.0.1:0") as server,
+            ClientTransport(RealNetwork()) as polite,
+            anyio.create_task_group() as group,
+        ):
+            if style == "serve":
+                group.start_soon(server.serve, handler)
+            else:
+                group.start_soon(application, server)
+            assert await polite.get_reply(server.address, b"hello") == b"hello"  # connected
+            greedy = await raw_connect(server.address)
+            group.start_soon(read_until_eof, greedy)  # it reads its replies, slowly or not
+            await greedy.send(burst)
+            await wait_until(lambda: len(handled) > 100)
+            sent_at = len(handled)
+            assert await polite.get_reply(server.address, b"polite") == b"polite"
+            waited_behind = handled.index(b"polite") - sent_at
+            assert waited_behind <= 64, waited_behind
+            group.cancel_scope.cancel()
+        await greedy.aclose()

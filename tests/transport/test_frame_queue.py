@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from moonpool.net._nowait import nonblocking_sender
-from moonpool.transport._frame_queue import COALESCE_BYTES, FrameQueue, write_frames
+from moonpool.transport._frame_queue import COALESCE_BYTES, ByteBudget, FrameQueue, write_frames
 
 
 class Wire:
@@ -518,3 +518,33 @@ def test_the_wire_carries_every_frame_in_put_order(
     short = any(r < len(c) for r, c in zip(sender.returned, sender.calls, strict=True))
     event(f"short fast-path writes: {'some' if short else 'none'}")
     event(f"writer sends: {'some' if stream.sends else 'none'}")
+
+
+@pytest.mark.trio
+async def test_a_write_in_progress_counts_against_the_limits_until_it_returns() -> None:
+    """On asyncio a write's bytes sit in the transport's buffer until the kernel takes
+    them; counted as free as soon as the writer took them, they let a server hold one
+    write per connection beyond its byte budget."""
+    budget = ByteBudget(100)
+    queue = FrameQueue(10, byte_limit=60, budget=budget)
+    wire = Wire()
+    stream = WireStream(wire, queue, pieces=2)
+    stream.gate = anyio.Event()
+    async with anyio.create_task_group() as group:
+        await run_writer(stream, queue, group)
+        queue.put(b"x" * 50)
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream.sends == [b"x" * 50]  # taken, halfway through its send
+        assert (queue.queued_bytes, budget.used) == (50, 50)
+        queue.put(b"y" * 20)
+        assert queue.full  # 50 being written + 20 queued > byte_limit
+        # Dropping the queue mid-write leaves the write's own bytes to itself...
+        queue.clear()
+        assert (queue.queued_bytes, budget.used) == (50, 50)
+        stream.gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        # ... which gives them back when its send returns: the shared budget is exact.
+        assert (queue.queued_bytes, budget.used) == (0, 0)
+        assert not queue.full
+        queue.close()
+    assert wire.received == b"x" * 50

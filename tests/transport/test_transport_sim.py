@@ -580,3 +580,45 @@ def test_no_idle_timeout_in_simulation_unless_asked() -> None:
     closed, answered = _idle_simulation(idle_timeout=20.0)
     assert closed >= 10  # most seeds: the server did not crash during that pause
     assert answered >= 30 and answered_by_default >= 30
+
+
+# -- fairness ----------------------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_a_greedy_pipelining_client_does_not_make_others_wait_behind_it(
+    autojump_clock: object,
+) -> None:
+    """500 pipelined requests from one client, then one from another: the application
+    (``async for``, 1 ms per request) takes waiting requests in turn by connection, so
+    the polite request waits behind at most a couple of greedy ones -- not the whole
+    backlog (before: every greedy request already queued, here about 480)."""
+    network = calm()
+    handled: list[bytes] = []
+    async with (
+        ServerTransport.bind(network.for_host("server"), SERVER) as server,
+        ClientTransport(network) as greedy,
+        ClientTransport(network.for_host("polite")) as polite,
+        trio.open_nursery() as nursery,
+    ):
+
+        async def application() -> None:
+            async for request in server:
+                handled.append(request.payload)
+                await trio.sleep(0.001)
+                await request.reply(request.payload)
+
+        async def greedy_call(n: int) -> None:
+            assert await greedy.get_reply(SERVER, b"g%d" % n, timeout=30) == b"g%d" % n
+
+        nursery.start_soon(application)
+        for n in range(500):
+            nursery.start_soon(greedy_call, n)
+        with trio.fail_after(5):
+            while len(handled) < 10:  # noqa: ASYNC110 - the backlog is being served
+                await trio.sleep(0.001)
+        sent_at = len(handled)
+        assert await polite.get_reply(SERVER, b"polite", timeout=30) == b"polite"
+        waited_behind = handled.index(b"polite") - sent_at
+        assert waited_behind <= 3, waited_behind
+        nursery.cancel_scope.cancel()
