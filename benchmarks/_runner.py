@@ -25,7 +25,15 @@ from benchmarks._core import FULL, QUICK, Figure, Outcome, Settings
 __all__ = ["BENCHMARKS", "main", "run_benchmark"]
 
 #: Module names under ``benchmarks``, in the order they run.
-BENCHMARKS: Final = ("sim_overhead", "sim_network", "envelope", "sim_ping_pong", "real_tcp")
+BENCHMARKS: Final = (
+    "sim_overhead",
+    "sim_network",
+    "envelope",
+    "sim_ping_pong",
+    "real_tcp",
+    "fairness",
+    "memory",
+)
 
 DEFAULT_OUTPUT: Final = Path(__file__).resolve().parent / "results" / "latest.json"
 SCHEMA_VERSION: Final = 1
