@@ -98,9 +98,7 @@ class FrameQueue:
         #: True while the writer task is inside ``await stream.send()``: the fast
         #: path must not write then, or the two writes could interleave.
         self.writing = False
-        # Bytes of that write: they count against the limits until it returns (on
-        # asyncio they sit in the transport's buffer meanwhile; not counting them
-        # let a server hold a write per connection beyond its budget).
+        # Bytes of that write: counted until it returns (see take_for_write).
         self._in_flight = 0
         # (frame, the caller's tag: a request's correlation id, see unsent_tags())
         self._frames: deque[tuple[bytes, int | None]] = deque()
@@ -194,18 +192,6 @@ class FrameQueue:
             self._room = None
             room.set()
 
-    def begin_write(self, size: int) -> None:
-        """The writer hands ``size`` bytes it took to ``send``: they stay counted."""
-        self.writing = True
-        self._in_flight = size
-        self._count(size)
-
-    def end_write(self) -> None:
-        """That ``send`` returned (or failed): its bytes are the kernel's now."""
-        self.writing = False
-        size, self._in_flight = self._in_flight, 0
-        self._taken(size)
-
     def close(self) -> None:
         """No more frames will come; the writer finishes what is queued, then stops."""
         self._closed = True
@@ -224,16 +210,35 @@ class FrameQueue:
     def take(self) -> tuple[bytes, int]:
         """The next write: everything queued (up to :data:`COALESCE_BYTES`) as one
         buffer, and how many frames start in it (0 for the rest of a batch the
-        fast path could only partly write)."""
+        fast path could only partly write).  Its bytes are no longer counted."""
+        data, count = self._next_write()
+        self._taken(len(data))
+        return data, count
+
+    def take_for_write(self) -> tuple[bytes, int]:
+        """Like :meth:`take`, for the writer's ``send``: the bytes stay counted until
+        :meth:`end_write` (on asyncio they sit in the transport's buffer meanwhile;
+        not counting them let a server hold a write per connection beyond its
+        budget)."""
+        data, count = self._next_write()
+        self.writing = True
+        self._in_flight = len(data)
+        return data, count
+
+    def end_write(self) -> None:
+        """That ``send`` returned (or failed): its bytes are the kernel's now."""
+        self.writing = False
+        size, self._in_flight = self._in_flight, 0
+        self._taken(size)
+
+    def _next_write(self) -> tuple[bytes, int]:
         fragment = self._fragment
         if fragment is not None:
             self._fragment = None
-            self._taken(len(fragment[0]))
             return fragment
         frames = self._frames
         first = frames.popleft()[0]
         if not frames or len(first) >= COALESCE_BYTES:
-            self._taken(len(first))
             return first, 1
         batch = [first]
         size = len(first)
@@ -241,7 +246,6 @@ class FrameQueue:
             frame = frames.popleft()[0]
             batch.append(frame)
             size += len(frame)
-        self._taken(size)
         return b"".join(batch), len(batch)
 
     def _count(self, size: int) -> None:
@@ -268,8 +272,7 @@ async def write_frames(stream: anyio.abc.ByteStream, queue: FrameQueue) -> None:
     what a failure means.
     """
     while await queue.wait():
-        data, count = queue.take()
-        queue.begin_write(len(data))
+        data, count = queue.take_for_write()
         try:
             await stream.send(data)
         finally:

@@ -80,10 +80,6 @@ class FairQueue(Generic[T]):
     def queued_bytes(self) -> int:
         return self._bytes
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def _fits(self, size: int) -> bool:
         if not self._items:
             return True  # one item always fits in an empty queue

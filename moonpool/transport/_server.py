@@ -25,6 +25,7 @@ import contextlib
 import logging
 import math
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -128,15 +129,17 @@ class _Connection:
         queue: int,
         queue_bytes: int,
         budget: ByteBudget,
-        now: float,
+        activity: int,
     ) -> None:
         self.id = connection_id
         self.source = source
         self.stream = stream
         self.closed = False
-        # When bytes last arrived or a reply was last queued: idleness is measured
-        # from here, by the idle reaper and by eviction at max_connections.
-        self.last_active = now
+        # The server's activity count when bytes last arrived or a reply was last
+        # queued: an order, not a time (reading the clock on every read and reply
+        # cost more than the rest of the bookkeeping).  Eviction takes the lowest;
+        # the idle reaper maps counts to times at its own checks.
+        self.last_active = activity
         self.outstanding = 0  # requests handed to the application, not yet answered
         self._answered: anyio.Event | None = None
         self.outbox = FrameQueue(queue, byte_limit=queue_bytes, budget=budget)
@@ -362,6 +365,8 @@ class ServerTransport(Generic[E]):
         # Requests the application took in a row without waiting (see TURN).
         self._taken_in_a_row = 0
         self._connections: dict[str, _Connection] = {}
+        # Counts reads and replies on every connection (see _Connection.last_active).
+        self._activity = 0
         self._next_connection = 0
         self._listener: Listener | None = None
         self._tasks: BackgroundTasks | None = None
@@ -645,7 +650,8 @@ class ServerTransport(Generic[E]):
         # any queued before it); while more are owed, replies wait in the outbox
         # so that a pipelined batch leaves in one write.
         outbox.put(frame, write_now=connection.outstanding <= 1)
-        connection.last_active = anyio.current_time()
+        self._activity += 1
+        connection.last_active = self._activity
         if outbox and connection.writer_done is None:
             self._start_writer(connection)
         self.stats.replies_sent += 1
@@ -682,6 +688,7 @@ class ServerTransport(Generic[E]):
                     await stream.aclose()
                 continue
             self._next_connection += 1
+            self._activity += 1  # accepting counts: a note taken before it is older
             connection_id = f"conn-{self._next_connection}"
             connection = _Connection(
                 connection_id,
@@ -690,7 +697,7 @@ class ServerTransport(Generic[E]):
                 self._max_queued_replies,
                 self._max_queued_reply_bytes,
                 self._reply_budget,
-                anyio.current_time(),
+                self._activity,
             )
             self._connections[connection_id] = connection
             self.stats.connections_accepted += 1
@@ -748,7 +755,8 @@ class ServerTransport(Generic[E]):
                     budget -= anyio.current_time() - waited_from
                 else:
                     data = await stream.receive()
-                connection.last_active = anyio.current_time()
+                self._activity += 1
+                connection.last_active = self._activity
                 protocol.handle_received(connection.id, data)
             except anyio.EndOfStream:
                 partial = protocol.buffered(connection.id)
@@ -840,41 +848,39 @@ class ServerTransport(Generic[E]):
         idle = [c for c in self._connections.values() if self._is_idle(c)]
         if not idle:
             return False
-        victim = min(idle, key=lambda connection: connection.last_active)  # first on ties
+        victim = min(idle, key=lambda connection: connection.last_active)
         self.stats.connections_evicted += 1
-        log.info(
-            "server %s: connection limit of %d reached; closing %s, idle for %.3gs, "
-            "to make room for a new client",
-            self.address,
-            self._max_connections,
-            victim.source,
-            anyio.current_time() - victim.last_active,
-        )
-        self._connections.pop(victim.id, None)
-        victim.close_now()
+        self._close_idle(victim, f"connection limit of {self._max_connections} reached")
         return True
 
     async def _reap_idle(self, idle_timeout: float) -> None:
         """Close connections idle for ``idle_timeout`` (checked four times per timeout).
 
-        One task for every connection, rather than a deadline on each read: a
-        round trip then only records the time it happened.
+        One task for every connection, rather than a deadline on each read.  Each
+        check notes the activity count and the time; a connection whose last
+        activity came before a note at least ``idle_timeout`` old has been idle
+        that long (so it closes between 1 and 1.25 times the timeout after it).
         """
         period = idle_timeout / 4
+        notes: deque[tuple[float, int]] = deque()
         while True:
             await anyio.sleep(period)
-            deadline = anyio.current_time() - idle_timeout
+            now = anyio.current_time()
+            notes.append((now, self._activity))
+            while len(notes) > 1 and notes[1][0] <= now - idle_timeout:
+                notes.popleft()
+            noted_at, quiet_since = notes[0]
+            if noted_at > now - idle_timeout:
+                continue  # not one timeout of history yet
             for connection in list(self._connections.values()):
-                if connection.last_active <= deadline and self._is_idle(connection):
+                if connection.last_active <= quiet_since and self._is_idle(connection):
                     self.stats.connections_closed_idle += 1
-                    log.info(
-                        "server %s: closing connection from %s: idle for idle_timeout=%gs",
-                        self.address,
-                        connection.source,
-                        idle_timeout,
-                    )
-                    self._connections.pop(connection.id, None)
-                    connection.close_now()
+                    self._close_idle(connection, f"idle for idle_timeout={idle_timeout:g}s")
+
+    def _close_idle(self, connection: _Connection, why: str) -> None:
+        log.info("server %s: closing connection from %s: %s", self.address, connection.source, why)
+        self._connections.pop(connection.id, None)
+        connection.close_now()
 
     def _slow_frame(self, connection: _Connection, buffered: int) -> None:
         self.stats.connections_closed_for_slow_frames += 1
