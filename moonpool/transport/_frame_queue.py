@@ -149,14 +149,14 @@ class FrameQueue:
     def _write_now(self, send: NonBlockingSender) -> None:
         frames = self._frames
         while frames:
-            data, count = self.take()
+            data, count = self._next_write()
             sent = send(data)
+            self._taken(sent)  # what the kernel did not take stays counted
             if sent and self.on_sent is not None:
                 self.on_sent(count, sent)
             if sent < len(data):
                 # Frames are counted once, with their first byte on the wire.
                 self._fragment = (data[sent:], 0 if sent else count)
-                self._count(len(data) - sent)
                 self._wake()
                 return
 
