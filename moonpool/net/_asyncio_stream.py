@@ -258,25 +258,19 @@ class AsyncioSocketStream(anyio.abc.SocketStream):
         """Write ``data`` without waiting if the transport has room; else write nothing.
 
         Returns ``len(data)`` or 0; never raises (see :mod:`moonpool.net._nowait`).
-        Room means all of it fits under :data:`WRITE_BUFFER_LIMIT`: what asyncio
-        buffers is out of the caller's accounting, so a large write goes through
-        ``send``, whose caller counts it until the transport has drained it (this
-        bounds what a server holds for clients that do not read).
         """
         protocol = self._protocol
-        transport = self._transport
         if (
             not data
             or self._closed
             or self._sending
             or protocol.writing_paused
             or protocol.lost
-            or transport.is_closing()
-            or transport.get_write_buffer_size() + len(data) > WRITE_BUFFER_LIMIT
+            or self._transport.is_closing()
         ):
             return 0
         try:
-            transport.write(data)
+            self._transport.write(data)
         except (RuntimeError, OSError):
             return 0
         return len(data)

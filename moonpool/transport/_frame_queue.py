@@ -119,7 +119,7 @@ class FrameQueue:
 
     @property
     def queued_bytes(self) -> int:
-        """Bytes queued: frames not yet written, and the write in progress."""
+        """Bytes of the frames queued and not yet taken for writing."""
         return self._bytes
 
     @property
@@ -175,7 +175,7 @@ class FrameQueue:
         dropped = len(self)
         self._frames.clear()
         self._fragment = None
-        self._count(self._in_flight - self._bytes)  # a write in progress ends itself
+        self._count(-self._bytes)  # a write in progress gives its own bytes back
         if self._room is not None:
             self._made_room()
         return dropped
@@ -216,20 +216,31 @@ class FrameQueue:
         return data, count
 
     def take_for_write(self) -> tuple[bytes, int]:
-        """Like :meth:`take`, for the writer's ``send``: the bytes stay counted until
-        :meth:`end_write` (on asyncio they sit in the transport's buffer meanwhile;
-        not counting them let a server hold a write per connection beyond its
-        budget)."""
+        """Like :meth:`take`, for the writer's ``send``: the bytes leave this queue
+        but stay counted in the shared :attr:`budget` until :meth:`end_write` (on
+        asyncio they sit in the transport's buffer meanwhile; not counting them let
+        a server with many connections hold a write per connection beyond its
+        total).  The queue's own ``byte_limit`` does not count them: one write in
+        progress per queue is the price of a writer, and counting it there made a
+        window of large frames that just fits the limit wait for every write."""
         data, count = self._next_write()
+        size = len(data)
+        self._bytes -= size
+        self._in_flight = size
         self.writing = True
-        self._in_flight = len(data)
+        if self._room is not None:
+            self._made_room()
         return data, count
 
     def end_write(self) -> None:
         """That ``send`` returned (or failed): its bytes are the kernel's now."""
         self.writing = False
         size, self._in_flight = self._in_flight, 0
-        self._taken(size)
+        budget = self.budget
+        if budget is not None and size:
+            budget.used -= size
+            if self._room is not None:
+                self._made_room()
 
     def _next_write(self) -> tuple[bytes, int]:
         fragment = self._fragment

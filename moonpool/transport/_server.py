@@ -290,8 +290,9 @@ class ServerTransport(Generic[E]):
       connection, one from each that has any, so a client pipelining hundreds of
       requests does not make the others wait behind all of them;
     * ``max_queued_replies``, ``max_queued_reply_bytes`` -- replies queued to one
-      connection, ``max_total_reply_bytes`` -- to all of them; beyond,
-      :meth:`send_reply` raises :class:`SendQueueFull`;
+      connection (besides the one being written), ``max_total_reply_bytes`` -- to
+      all of them, writes in progress included; beyond, :meth:`send_reply` raises
+      :class:`SendQueueFull`;
     * ``drain_timeout`` -- how long a half-closed connection's last replies get;
     * ``frame_timeout`` -- how long a client may take to finish a frame it started;
     * ``idle_timeout`` -- how long a connection with nothing to do stays open
@@ -820,9 +821,10 @@ class ServerTransport(Generic[E]):
             if handler is not None:
                 if not await self._handle(handler, request):
                     return False  # close this connection; serve() raises the error
-                if index % TURN == TURN - 1 and index < last:
+                if index % TURN == TURN - 1 and index < last and len(self._connections) > 1:
                     # The next read yields anyway; within one read, the other
-                    # connections get their turn every TURN requests.
+                    # connections (if any: alone, a turn only splits the batch's
+                    # replies into more writes) get theirs every TURN requests.
                     await anyio.lowlevel.checkpoint()
                 continue
             key = request._connection.id

@@ -159,17 +159,17 @@ async def test_sender_returns_exactly_what_arrives_and_zero_when_full(anyio_back
     client, server = await real_pair()
     async with client, server:
         sender = sender_of(client)
-        chunk = random.Random(1).randbytes(16 * 1024)
+        chunk = random.Random(1).randbytes(1 << 20)
         written: list[int] = []
         # Nobody reads: the kernel buffer (trio) or the transport's flow-control
         # mark (asyncio) fills up, and from then on the sender takes nothing.
-        for _ in range(4096):
+        for _ in range(64):
             count = sender(chunk)
             assert 0 <= count <= len(chunk)
             written.append(count)
             if count == 0:
                 break
-        assert written[-1] == 0, f"64 MiB taken without a reader: {sum(written)}"
+        assert written[-1] == 0, f"64 MiB taken without a reader: {written}"
         assert sum(written) > 0
         expected = b"".join(chunk[:count] for count in written)
         with anyio.fail_after(TIMEOUT):
@@ -482,21 +482,3 @@ async def test_sim_send_nowait_of_nothing_delivers_nothing(
         got = await server.receive()
         pytest.fail(f"receive() returned {got!r} with nothing sent")
     assert scope.cancelled_caught
-
-
-@pytest.mark.anyio
-@pytest.mark.real_network
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_the_asyncio_sender_never_buffers_beyond_its_limit(anyio_backend: str) -> None:
-    """What asyncio buffers is outside the transport's byte accounting, so the fast
-    path writes only what fits under WRITE_BUFFER_LIMIT; a larger write goes through
-    ``send``, counted by its caller until drained."""
-    from moonpool.net._asyncio_stream import WRITE_BUFFER_LIMIT
-
-    client, server = await real_pair()
-    async with client, server:
-        sender = sender_of(client)
-        assert sender(b"x" * (WRITE_BUFFER_LIMIT + 1)) == 0
-        assert sender(b"x" * WRITE_BUFFER_LIMIT) == WRITE_BUFFER_LIMIT
-        with anyio.fail_after(TIMEOUT):
-            assert await receive_exactly(server, WRITE_BUFFER_LIMIT) == b"x" * WRITE_BUFFER_LIMIT

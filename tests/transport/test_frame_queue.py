@@ -521,11 +521,12 @@ def test_the_wire_carries_every_frame_in_put_order(
 
 
 @pytest.mark.trio
-async def test_a_write_in_progress_counts_against_the_limits_until_it_returns() -> None:
+async def test_a_write_in_progress_counts_against_the_shared_budget_until_it_returns() -> None:
     """On asyncio a write's bytes sit in the transport's buffer until the kernel takes
     them; counted as free as soon as the writer took them, they let a server hold one
-    write per connection beyond its byte budget."""
-    budget = ByteBudget(100)
+    write per connection beyond its total budget.  The queue's own limit does not
+    count them (one write in progress per queue)."""
+    budget = ByteBudget(60)
     queue = FrameQueue(10, byte_limit=60, budget=budget)
     wire = Wire()
     stream = WireStream(wire, queue, pieces=2)
@@ -535,12 +536,15 @@ async def test_a_write_in_progress_counts_against_the_limits_until_it_returns() 
         queue.put(b"x" * 50)
         await trio.testing.wait_all_tasks_blocked()
         assert stream.sends == [b"x" * 50]  # taken, halfway through its send
-        assert (queue.queued_bytes, budget.used) == (50, 50)
+        assert (queue.queued_bytes, budget.used) == (0, 50)
         queue.put(b"y" * 20)
-        assert queue.full  # 50 being written + 20 queued > byte_limit
+        assert queue.full  # the budget: 50 being written + 20 queued > 60
+        budget.limit = 1000
+        assert not queue.full  # the queue's own limit: 20 queued < 60
+        budget.limit = 60
         # Dropping the queue mid-write leaves the write's own bytes to itself...
         queue.clear()
-        assert (queue.queued_bytes, budget.used) == (50, 50)
+        assert (queue.queued_bytes, budget.used) == (0, 50)
         stream.gate.set()
         await trio.testing.wait_all_tasks_blocked()
         # ... which gives them back when its send returns: the shared budget is exact.
