@@ -49,3 +49,10 @@ def bench(session: nox.Session) -> None:
     """Ratio benchmarks against raw baselines measured in the same run."""
     session.install("-e", ".")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_versions(session: nox.Session) -> None:
+    """Round trips of this checkout against a revision: ``nox -s bench_versions -- REV``."""
+    session.install("-e", ".")
+    session.run("python", "-m", "benchmarks.versions", *session.posargs)

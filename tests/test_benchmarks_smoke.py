@@ -72,3 +72,24 @@ def test_command_line_writes_table_and_json(
 def test_unknown_benchmark_name_is_a_usage_error() -> None:
     with pytest.raises(SystemExit):
         _runner.parse_args(["--only", "no_such_benchmark"])
+
+
+@pytest.mark.real_network
+def test_versions_child_measures_the_scenarios_it_is_given(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``benchmarks.versions``' child: one figure per named scenario, nothing else."""
+    from benchmarks import versions
+
+    label = "trio: 64 in flight, 256 KiB"
+    versions._child([label])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(result) == [label]
+    assert result[label] > 0
+
+
+def test_versions_needs_a_revision() -> None:
+    from benchmarks import versions
+
+    with pytest.raises(SystemExit):
+        versions.main([])
