@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+import anyio
+
 __all__ = [
     "FULL",
     "QUICK",
@@ -36,6 +38,7 @@ __all__ = [
     "repeat_async",
     "rate",
     "repeat_sync",
+    "settle",
 ]
 
 Details = dict[str, Any]
@@ -288,3 +291,17 @@ def rate(amount: float, started: float) -> float:
     """``amount`` per second since ``started`` (a ``time.perf_counter`` reading)."""
     elapsed = time.perf_counter() - started
     return amount / elapsed if elapsed > 0 else float("inf")
+
+
+async def settle(
+    condition: Callable[[], bool], what: str, *, limit: float = 30.0, idle: float = 0.1
+) -> None:
+    """Wait (real time, bounded by ``limit``) until ``condition`` holds, then ``idle``
+    more seconds so that every task reaches the place where it waits; it must still
+    hold then, or the benchmark cannot trust what it is about to measure."""
+    with anyio.fail_after(limit):
+        while not condition():  # noqa: ASYNC110 -- plain state of other tasks, polled
+            await anyio.sleep(0.005)
+    await anyio.sleep(idle)
+    if not condition():
+        raise BenchmarkError(f"lost condition: {what}")

@@ -31,9 +31,10 @@ import logging
 import resource
 import sys
 import tracemalloc
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final
 
 import anyio
@@ -41,7 +42,7 @@ import anyio.abc
 import trio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from benchmarks._core import BenchmarkError, Figure, Outcome, Settings
+from benchmarks._core import BenchmarkError, Figure, Outcome, Settings, settle
 from moonpool.net import RealNetwork
 from moonpool.transport import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -245,17 +246,8 @@ class Probe:
         )
 
 
-async def _settle(
-    condition: Callable[[], bool], what: str, *, limit: float = STEP_TIMEOUT, idle: float = 0.2
-) -> None:
-    """Wait (bounded) until ``condition`` holds, then ``idle`` more seconds so that
-    every task reaches the place where it waits; it must still hold then."""
-    with anyio.fail_after(limit):
-        while not condition():  # noqa: ASYNC110 -- plain state of other tasks, polled
-            await anyio.sleep(0.01)
-    await anyio.sleep(idle)
-    if not condition():
-        raise BenchmarkError(f"lost condition: {what}")
+#: Every wait of this benchmark: bounded by one step's timeout, then a longer settle.
+_settle = partial(settle, limit=STEP_TIMEOUT, idle=0.2)
 
 
 def _fd_limit(wanted: int) -> int:

@@ -42,7 +42,15 @@ import anyio.abc
 import trio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from benchmarks._core import Figure, Outcome, Settings, compare_many_async, median, rate
+from benchmarks._core import (
+    Figure,
+    Outcome,
+    Settings,
+    compare_many_async,
+    median,
+    rate,
+    settle,
+)
 from moonpool.net import RealNetwork
 from moonpool.transport import (
     ClientTransport,
@@ -608,19 +616,6 @@ def _traced() -> int:
     return tracemalloc.get_traced_memory()[0]
 
 
-async def _settle(
-    condition: Callable[[], bool], what: str, *, limit: float = 30.0, idle: float = 0.1
-) -> None:
-    """Wait (real time, bounded) until ``condition`` holds, then ``idle`` more seconds
-    so that every task reaches the place where it waits."""
-    with anyio.fail_after(limit):
-        while not condition():  # noqa: ASYNC110 -- plain state of other tasks, polled
-            await anyio.sleep(0.005)
-    await anyio.sleep(idle)
-    if not condition():
-        raise AssertionError(f"lost condition: {what}")
-
-
 async def _idle_connection_bytes(port: int, accepted: Callable[[], int], count: int) -> float:
     """tracemalloc bytes per idle connection the server holds, clients in a child process."""
     command = [sys.executable, "-c", _CLIENTS_SCRIPT, HOST, str(port), str(count)]
@@ -635,7 +630,7 @@ async def _idle_connection_bytes(port: int, accepted: Callable[[], int], count: 
             await process.stdin.send(b"connect\n")
             if await lines.receive_until(b"\n", 100) != b"connected":
                 raise AssertionError("client process could not connect")
-            await _settle(lambda: accepted() >= count, f"{count} connections accepted")
+            await settle(lambda: accepted() >= count, f"{count} connections accepted")
             after = _traced()
         finally:
             await process.stdin.aclose()
@@ -705,16 +700,16 @@ async def _moonpool_pending(count: int) -> float:
 
             async with anyio.create_task_group() as callers:
                 callers.start_soon(call)  # opens the connection before we measure
-                await _settle(lambda: received[0] >= frame_size, "connection open")
+                await settle(lambda: received[0] >= frame_size, "connection open")
                 before = _traced()
                 # In batches, so the peer's queue drains to the socket as we go.
                 for started in range(1, count + 1):
                     callers.start_soon(call)
                     if started % 500 == 0:
-                        await _settle(
+                        await settle(
                             partial(_more_pending, client, started), "requests started", idle=0
                         )
-                await _settle(
+                await settle(
                     lambda: received[0] >= (count + 1) * frame_size, "all requests on the wire"
                 )
                 after = _traced()
@@ -745,7 +740,7 @@ async def _bare_pending(count: int) -> float:
     async with anyio.create_task_group() as group:
         for _ in range(count):
             group.start_soon(park)
-        await _settle(lambda: parked[0] == count, "tasks parked")
+        await settle(lambda: parked[0] == count, "tasks parked")
         after = _traced()
         event.set()
     return (after - before) / count
