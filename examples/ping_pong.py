@@ -127,11 +127,13 @@ async def ping(transport: ClientTransport, ctx: WorkloadContext, server: str, n:
     deadline = anyio.current_time() + PING_DEADLINE
     while (left := deadline - anyio.current_time()) > 0:
         try:
-            reply = await transport.get_reply(server, message, timeout=min(PING_TIMEOUT, left))
+            # At most once, and this loop retries: a ping is safe to repeat, and
+            # the loop shows each failure (get_reply would resend it by itself).
+            reply = await transport.try_get_reply(server, message, timeout=min(PING_TIMEOUT, left))
         except TransportTimeout:
             timeouts += 1
             continue
-        except ConnectionFailed:
+        except ConnectionFailed:  # MaybeDelivered too: it may have arrived; no matter
             lost += 1
             await anyio.sleep(ctx.random.uniform(0.01, 0.2))
             continue

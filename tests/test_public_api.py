@@ -22,7 +22,8 @@ CONTRACT = {
         "TransportProtocol", "Transmit", "TransportDriver", "Peer", "PeerConfig",
         "Envelope", "EnvelopeSerializer", "RequestResponseEnvelope",
         "TransportError", "TransportTimeout", "ConnectionFailed", "TransportClosed",
-        "SerializationError",
+        "SerializationError", "MaybeDelivered", "CircuitOpen", "PeerFailed",
+        "FailureMonitor", "DeadLetter", "DeadLetters",
     ],
 }  # fmt: skip
 

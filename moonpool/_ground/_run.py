@@ -62,6 +62,9 @@ class SimRun:
     events: int = 0
     trace_hash: int = 0xCBF29CE484222325
     faults: dict[str, int] = field(default_factory=dict)
+    #: Things the system under test did that a report should show, not faults
+    #: injected into it (dead letters, say): name -> count.
+    observed: dict[str, int] = field(default_factory=dict)
     assertions: dict[tuple[str, str], AssertionRecord] = field(default_factory=dict)
     assertion_failures: list[str] = field(default_factory=list)
     buggify_sites: dict[str, bool] = field(default_factory=dict)
@@ -78,6 +81,10 @@ class SimRun:
 
     def trace_text(self, text: str) -> None:
         self.trace(stable_hash(text))
+
+    def observe(self, name: str) -> None:
+        """Count one occurrence of ``name`` for the report (see :attr:`observed`)."""
+        self.observed[name] = self.observed.get(name, 0) + 1
 
     def record_fault(self, family: str, detail: str = "") -> None:
         """Count an injected fault and make it part of the trace."""

@@ -312,6 +312,7 @@ class SimulationBuilder:
             site: AssertionRecord(*site) for site in self._declared_sites()
         }
         fault_totals: dict[str, int] = {}
+        observed_totals: dict[str, int] = {}
         kills = {spec.name: 0 for spec in self._processes}
         control = self._control
 
@@ -330,6 +331,7 @@ class SimulationBuilder:
                 coverage_required=self._seeds is None,
                 interrupted=interrupted,
                 kills=dict(kills) if self._attrition is not None and kills else None,
+                observed_totals=dict(sorted(observed_totals.items())),
             )
 
         with ctrl_c_handled() as ctrl_c:
@@ -343,6 +345,8 @@ class SimulationBuilder:
                 if result.failure is not None:
                     failures.append(result.failure)
                 _merge(assertions, fault_totals, result)
+                for name, count in result.record.observed.items():
+                    observed_totals[name] = observed_totals.get(name, 0) + count
                 for name, count in result.kills.items():
                     kills[name] += count
                 if self._progress is not None:

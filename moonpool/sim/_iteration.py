@@ -325,6 +325,7 @@ def run_iteration(
         events=run.events,
         trace_hash=f"{run.trace_hash:016x}",
         faults=dict(sorted(run.faults.items())),
+        observed=dict(sorted(run.observed.items())),
         process_events=tuple(processes.events) if processes is not None else (),
     )
     failure = None

@@ -49,6 +49,8 @@ class RunRecord:
     trace_hash: str
     faults: Mapping[str, int] = field(default_factory=dict)
     process_events: Sequence[ProcessEvent] = ()
+    #: What the program did that is worth counting (e.g. ``dead letter (reply)``).
+    observed: Mapping[str, int] = field(default_factory=dict)
 
 
 @final
@@ -123,6 +125,8 @@ class SimulationReport:
     #: Kills per process over every seed (attrition's and scripted ones), when
     #: attrition was configured (else None).
     kills: Mapping[str, int] | None = None
+    #: Totals over every seed of what the program did (dead letters, ...).
+    observed_totals: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def never_killed(self) -> list[str]:
@@ -195,6 +199,7 @@ class SimulationReport:
             "buggify": self.buggify,
             "chaos": self.chaos,
             "fault_totals": dict(self.fault_totals),
+            "observed_totals": dict(self.observed_totals),
             "kills": None if self.kills is None else dict(self.kills),
             "never_killed": self.never_killed,
             "runs": [asdict(run) for run in self.runs],
@@ -222,6 +227,10 @@ class SimulationReport:
                 lines.append(f"    {family:<16} {count}")
         else:
             lines.append("  faults injected: none")
+        if self.observed_totals:
+            lines.append("  observed:")
+            for name, count in sorted(self.observed_totals.items()):
+                lines.append(f"    {name:<24} {count}")
         if self.kills is not None:
             lines.append(f"  attrition:  {_describe_attrition(self.fault_totals, self.kills)}")
             if self.never_killed:

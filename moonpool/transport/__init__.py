@@ -5,7 +5,9 @@ from moonpool.transport._checked_envelope import (
     CheckedEnvelopeSerializer,
     EnvelopeKind,
 )
+from moonpool.transport._circuit import CircuitState
 from moonpool.transport._client import ClientTransport
+from moonpool.transport._dead_letters import DeadLetter, DeadLetters
 from moonpool.transport._driver import TransportDriver
 from moonpool.transport._envelope import (
     Envelope,
@@ -17,8 +19,11 @@ from moonpool.transport._envelope import (
 )
 from moonpool.transport._errors import (
     BindFailed,
+    CircuitOpen,
     ConnectionFailed,
     FrameTooLarge,
+    MaybeDelivered,
+    PeerFailed,
     RemoteError,
     SendQueueFull,
     SerializationError,
@@ -26,9 +31,12 @@ from moonpool.transport._errors import (
     TransportError,
     TransportTimeout,
 )
+from moonpool.transport._failure_monitor import FailureMonitor
 from moonpool.transport._framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder
 from moonpool.transport._peer import Peer, PeerConfig, PeerStats
 from moonpool.transport._protocol import (
+    ONE_WAY_ID,
+    PING_ID,
     Completion,
     RetryPolicy,
     Transmit,
@@ -39,21 +47,30 @@ from moonpool.transport._server import ReceivedEnvelope, ServerStats, ServerTran
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
+    "ONE_WAY_ID",
+    "PING_ID",
     "BindFailed",
     "CheckedEnvelope",
     "CheckedEnvelopeSerializer",
+    "CircuitOpen",
+    "CircuitState",
     "ClientTransport",
     "Completion",
     "ConnectionFailed",
+    "DeadLetter",
+    "DeadLetters",
     "Envelope",
     "EnvelopeKind",
     "EnvelopeSerializer",
     "ErrorReply",
+    "FailureMonitor",
     "FrameDecoder",
     "FrameTooLarge",
     "KindedEnvelope",
+    "MaybeDelivered",
     "Peer",
     "PeerConfig",
+    "PeerFailed",
     "PeerStats",
     "ReceivedEnvelope",
     "RemoteError",

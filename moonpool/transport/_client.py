@@ -22,9 +22,18 @@ import anyio.abc
 from moonpool._ground._run import current_run
 from moonpool.net import InvalidAddress, NetworkProvider, parse_address
 from moonpool.transport._background import BackgroundTasks
+from moonpool.transport._circuit import CircuitBreaker
+from moonpool.transport._dead_letters import DEFAULT_DEAD_LETTERS, DeadLetters
 from moonpool.transport._driver import TransportDriver
 from moonpool.transport._envelope import Envelope, RequestResponseEnvelope
-from moonpool.transport._errors import TransportClosed
+from moonpool.transport._errors import (
+    CircuitOpen,
+    ConnectionFailed,
+    PeerFailed,
+    TransportClosed,
+    TransportTimeout,
+)
+from moonpool.transport._failure_monitor import FailureMonitor
 from moonpool.transport._framing import DEFAULT_MAX_FRAME_SIZE
 from moonpool.transport._loop_bindings import LoopBindings, OneShotEvent, bind_running_loop
 from moonpool.transport._peer import PeerConfig
@@ -76,6 +85,7 @@ class ClientTransport:
         peer_config: PeerConfig | None = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         rng: random.Random | None = None,
+        max_dead_letters: int = DEFAULT_DEAD_LETTERS,
     ) -> None:
         _check_timeout(timeout)
         self._network = network
@@ -83,6 +93,12 @@ class ClientTransport:
         self._default_timeout = timeout
         self._retry = retry or RetryPolicy()
         self._peer_config = peer_config or PeerConfig()
+        self._circuits = self._peer_config.circuit_threshold is not None
+        #: Whether each remote is up, as the connections to it have shown.
+        self.failure_monitor = FailureMonitor()
+        #: What could not be delivered (one-way messages, requests abandoned at close).
+        self.dead_letters = DeadLetters(max_dead_letters)
+        self._breakers: dict[str, CircuitBreaker] = {}
         self._max_frame_size = max_frame_size
         self._drivers: dict[type[Any], TransportDriver[Any]] = {}
         self._waiters: dict[tuple[type[Any], int], _Waiter] = {}
@@ -92,9 +108,12 @@ class ClientTransport:
         # Correlation ids, retry and reconnect jitter; pass a seeded Random to make a
         # component test outside a simulation replayable.
         self._rng = rng if rng is not None else transport_random()
-        # Correlation ids start at a random point so that two client incarnations
-        # talking to one server are unlikely to reuse each other's ids.
-        self._first_id = self._rng.getrandbits(32) + 1
+        # A correlation id is this transport's incarnation number (31 random bits,
+        # never 0) above a 32-bit count: stable across resends, distinct across
+        # calls, and across client restarts but for a 2**-31 chance per pair --
+        # what a server deduplicates by (ReceivedEnvelope.request_id).  Ids stay
+        # below 2**63, clear of the reserved PING_ID.
+        self._first_id = (self._rng.getrandbits(31) or 1) << 32
 
     def __repr__(self) -> str:
         return f"<ClientTransport {self._state} pending={len(self._waiters)}>"
@@ -136,6 +155,13 @@ class ClientTransport:
         was_open = self._state == "open"
         self._state = "closed"
         for driver in self._drivers.values():
+            if driver.protocol.pending_count:
+                now = self._loop.now() if self._loop is not None else 0.0
+                for destination, count in driver.protocol.pending_by_destination().items():
+                    for _ in range(count):
+                        self.dead_letters.record(
+                            "request", destination, "abandoned: the transport closed", now
+                        )
             driver.protocol.close()
             driver.close()
             self._deliver_all(driver)
@@ -156,9 +182,16 @@ class ClientTransport:
         return len(self._waiters)
 
     def stats(self, envelope: type[Envelope] | None = None) -> Any:
-        """The protocol counters for ``envelope`` (default: the transport's envelope)."""
+        """The protocol counters for ``envelope`` (default: the transport's envelope).
+
+        ``dead_letters`` counts this transport's dead letters, all envelopes together.
+        """
         driver = self._drivers.get(envelope or self._default_envelope)
-        return None if driver is None else driver.protocol.stats
+        if driver is None:
+            return None
+        stats = driver.protocol.stats
+        stats.dead_letters = self.dead_letters.total
+        return stats
 
     def _driver(self, envelope: type[Envelope]) -> TransportDriver[Any]:
         driver = self._drivers.get(envelope)
@@ -178,6 +211,9 @@ class ClientTransport:
                 on_completion=lambda c: self._complete(envelope, c),
                 peer_config=self._peer_config,
                 rng=self._rng,
+                failure_monitor=self.failure_monitor,
+                breakers=self._breakers,
+                dead_letters=self.dead_letters,
             )
             self._drivers[envelope] = driver
         return driver
@@ -195,6 +231,53 @@ class ClientTransport:
             "ClientTransport is not open: use it as 'async with ClientTransport(...)'"
         )
 
+    # -- the delivery contracts ------------------------------------------------------
+
+    def send(
+        self, destination: str, payload: bytes, *, envelope: type[Envelope] | None = None
+    ) -> None:
+        """Send ``payload`` one way: queued at once, never retried, never answered.
+
+        Fire and forget, so it does not wait (and is not a checkpoint).  A message
+        that cannot be delivered -- the peer's queue is full, or the connection
+        failed before the message was written -- is recorded in
+        :attr:`dead_letters`, never dropped silently; one whose connection broke
+        after it was written may or may not have arrived.  The server sees it as
+        a :class:`ReceivedEnvelope` with ``expects_reply`` False.  Raises
+        :class:`TransportClosed` when the transport is not open, and
+        :class:`FrameTooLarge` or ``ValueError`` for a message that could never be sent.
+        """
+        if self._state != "open":
+            raise self._not_open()
+        if not isinstance(payload, _BYTES_LIKE):
+            raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
+        driver = self._drivers.get(envelope or self._default_envelope) or self._driver(
+            envelope or self._default_envelope
+        )
+        if destination not in driver.peers:
+            _check_destination(destination)
+        driver.send_one_way(destination, driver.protocol.one_way(bytes(payload)))
+
+    async def try_get_reply(
+        self,
+        destination: str,
+        payload: bytes,
+        *,
+        envelope: type[Envelope] | None = None,
+        timeout: float | None = None,
+    ) -> bytes:
+        """Send a request **at most once** and return the reply's payload.
+
+        The request is written to the wire at most once, on one connection, and
+        never after this call has returned or raised.  If that connection breaks
+        after the request may have been written, it raises
+        :class:`MaybeDelivered` (a :class:`ConnectionFailed`): the server may have
+        executed it, so check before trying again; if it provably never left this
+        process, plain :class:`ConnectionFailed`.  Otherwise it raises as
+        :meth:`get_reply` does.
+        """
+        return await self._call(destination, payload, envelope, timeout, at_most_once=True)
+
     async def get_reply(
         self,
         destination: str,
@@ -203,20 +286,95 @@ class ClientTransport:
         envelope: type[Envelope] | None = None,
         timeout: float | None = None,
     ) -> bytes:
-        """Send ``payload`` to ``destination`` and return the reply's payload.
+        """Send a request **at least once** within ``timeout``; return the reply's payload.
+
+        The request is resent across reconnects (by the transport's
+        :class:`RetryPolicy`, default: until the deadline) with the same correlation
+        id, so the server may see it more than once: it carries a stable
+        ``request_id`` (``ReceivedEnvelope.request_id``: the same on every resend,
+        distinct across calls and client restarts) by which a server deduplicates.
+        Once the call has returned or raised, nothing of it is written any more.
 
         ``envelope`` picks the wire format (default: the transport's, normally
         :class:`RequestResponseEnvelope`).  Raises :class:`TransportTimeout` when no
-        reply arrives within ``timeout`` seconds, :class:`ConnectionFailed` when the
-        connection cannot be made or breaks under the request,
-        :class:`RemoteError` for an error reply, :class:`SendQueueFull` when the
-        peer's queue stayed full for the whole timeout (a full queue makes the
-        call wait for room first: backpressure), :class:`TransportClosed` when the transport is
-        closed, :class:`FrameTooLarge` (before anything is queued) when the request
+        reply arrives within ``timeout`` seconds (its message gives the last
+        connection failure, if any), :class:`ConnectionFailed` when the retry
+        policy's ``max_attempts`` ran out, :class:`CircuitOpen` when the
+        destination's circuit breaker is open, :class:`RemoteError` for an error
+        reply, :class:`SendQueueFull` when the peer's queue stayed full for the
+        whole timeout (a full queue makes the call wait for room first:
+        backpressure), :class:`TransportClosed` when the transport is closed,
+        :class:`FrameTooLarge` (before anything is queued) when the request
         would exceed ``max_frame_size``, header included, and ``ValueError``
         (``InvalidAddress``) for a malformed destination.  It is a checkpoint
         (it yields to other tasks) whether it returns or raises.
         """
+        return await self._call(destination, payload, envelope, timeout, at_most_once=False)
+
+    async def get_reply_unless_failed_for(
+        self,
+        destination: str,
+        payload: bytes,
+        *,
+        failed_for: float,
+        envelope: type[Envelope] | None = None,
+        timeout: float | None = None,
+    ) -> bytes:
+        """Like :meth:`get_reply`, but give up once ``destination`` is known dead.
+
+        Keeps retrying (at least once, as :meth:`get_reply`) while the
+        :attr:`failure_monitor` has not seen ``destination`` failed continuously
+        for ``failed_for`` seconds; then raises :class:`PeerFailed`.  A
+        destination that fails and comes back within ``failed_for`` does not end
+        the call.  ``timeout`` still bounds it (default: the transport's).
+        """
+        _check_timeout(failed_for)
+        monitor = self.failure_monitor
+        failed: list[PeerFailed] = []
+
+        async def watch(call: anyio.CancelScope) -> None:
+            while True:
+                with anyio.move_on_at(monitor.deadline_for(destination, failed_for)):
+                    await monitor.on_state_change(destination)
+                    continue
+                since = monitor.failed_since(destination)
+                if since is not None and anyio.current_time() - since >= failed_for:
+                    failed.append(
+                        PeerFailed(
+                            f"{destination} has been failed for {failed_for}s or more "
+                            f"(failed_for={failed_for}): {monitor.reason(destination)}"
+                        )
+                    )
+                    call.cancel()
+                    return
+
+        error: Exception | None = None
+        reply = b""
+        with anyio.CancelScope() as call:
+            async with anyio.create_task_group() as group:
+                group.start_soon(watch, call)
+                try:
+                    reply = await self.get_reply(
+                        destination, payload, envelope=envelope, timeout=timeout
+                    )
+                except Exception as exc:  # re-raised below, outside the task group
+                    error = exc
+                group.cancel_scope.cancel()
+        if failed:
+            raise failed[0]
+        if error is not None:
+            raise error
+        return reply
+
+    async def _call(
+        self,
+        destination: str,
+        payload: bytes,
+        envelope: type[Envelope] | None,
+        timeout: float | None,
+        *,
+        at_most_once: bool,
+    ) -> bytes:
         try:
             if self._state != "open":
                 raise self._not_open()  # noqa: TRY301 - the except below adds a checkpoint
@@ -234,6 +392,15 @@ class ClientTransport:
                 peer = driver.get_or_create_peer(destination)
             loop = self._loop
             assert loop is not None
+            breaker = driver.breaker(destination) if self._circuits else None
+            if breaker is not None and not breaker.allow(loop.now()):
+                driver.protocol.stats.circuit_rejections += 1
+                raise CircuitOpen(  # noqa: TRY301
+                    f"circuit to {destination} is open after {breaker.failures} failures in a "
+                    f"row (PeerConfig.circuit_threshold={breaker.threshold}); failing at once, "
+                    f"without touching the network; a probe goes through in "
+                    f"{breaker.retry_in(loop.now()):.3g}s"
+                )
             if peer.full:
                 # Backpressure: a burst larger than the peer's queue waits for room,
                 # within the call's timeout, instead of failing a healthy remote.
@@ -245,7 +412,11 @@ class ClientTransport:
                     raise peer.queue_full(timeout)  # noqa: TRY301
                 timeout -= waited
             correlation_id = driver.protocol.start_request(
-                destination, bytes(payload), now=loop.now(), timeout=timeout
+                destination,
+                bytes(payload),
+                now=loop.now(),
+                timeout=timeout,
+                at_most_once=at_most_once,
             )
         except BaseException:
             # Every public async call is a checkpoint, also when it raises (trio's
@@ -262,12 +433,30 @@ class ClientTransport:
             await waiter.event.wait()
             completion = waiter.completion
             assert completion is not None
+            if breaker is not None:
+                if isinstance(completion.error, TransportTimeout | ConnectionFailed):
+                    breaker.record_failure(loop.now())
+                else:
+                    breaker.record_success()
             return completion.unwrap()
         finally:
             del self._waiters[key]
             if waiter.completion is None:
-                # Timed out or cancelled: a reply arriving later is dropped and counted.
-                driver.protocol.cancel_request(correlation_id)
+                # Timed out or cancelled: a reply arriving later is dropped and
+                # counted, and a frame still queued is dropped unwritten.
+                driver.cancel(destination, correlation_id)
+                if breaker is not None:
+                    breaker.probe_abandoned()
+
+    # -- what the transport knows of its remotes ---------------------------------------
+
+    def circuit_state(self, address: str) -> str:
+        """``"closed"``, ``"open"`` or ``"half_open"``: the circuit towards ``address``.
+
+        Always ``"closed"`` without ``PeerConfig.circuit_threshold``.
+        """
+        breaker = self._breakers.get(address)
+        return "closed" if breaker is None else breaker.state.value
 
 
 def _check_destination(destination: str) -> None:

@@ -8,6 +8,10 @@ them, and runs the one timer task that wakes the protocol for retries.
 
 Everything here runs on anyio, so the same driver serves a simulation (trio on a
 mock clock), trio and asyncio.
+
+It also keeps what the client knows of each remote: the failure monitor (fed by
+the peers' connects and losses), the circuit breakers, and the dead letters of
+one-way messages it could not send.
 """
 
 from __future__ import annotations
@@ -15,15 +19,18 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Container, Coroutine
 from typing import Any, Generic, Protocol, TypeVar, final
 
 import anyio
 import anyio.abc
 
 from moonpool.net import NetworkProvider
+from moonpool.transport._circuit import CircuitBreaker
+from moonpool.transport._dead_letters import DeadLetters
 from moonpool.transport._envelope import Envelope
 from moonpool.transport._errors import SendQueueFull, TransportClosed
+from moonpool.transport._failure_monitor import FailureMonitor
 from moonpool.transport._peer import Peer, PeerConfig
 from moonpool.transport._protocol import Completion, TransportProtocol
 
@@ -43,6 +50,19 @@ class TaskSpawner(Protocol):
 
 
 @final
+class _Live(Container[int]):
+    """The tags worth writing: pending requests (ids >= 0) and one-way messages (< 0)."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self, pending: Container[int]) -> None:
+        self._pending = pending
+
+    def __contains__(self, tag: object) -> bool:
+        return isinstance(tag, int) and (tag < 0 or tag in self._pending)
+
+
+@final
 class TransportDriver(Generic[E]):
     """Connects one protocol instance to the network through a pool of peers.
 
@@ -59,6 +79,9 @@ class TransportDriver(Generic[E]):
         on_completion: Callable[[Completion], None],
         peer_config: PeerConfig | None = None,
         rng: random.Random | None = None,
+        failure_monitor: FailureMonitor | None = None,
+        breakers: dict[str, CircuitBreaker] | None = None,
+        dead_letters: DeadLetters | None = None,
     ) -> None:
         self.protocol = protocol
         self.peer_config = peer_config or PeerConfig()
@@ -71,6 +94,15 @@ class TransportDriver(Generic[E]):
         self._timer_deadline = math.inf  # what the timer task currently sleeps until
         self._closed = False
         self.dropped_transmits = 0
+        self.failure_monitor = failure_monitor or FailureMonitor()
+        #: Per destination, when the peer config has a circuit threshold.
+        self.breakers = breakers if breakers is not None else {}
+        self.dead_letters = dead_letters if dead_letters is not None else DeadLetters()
+        self.peers_evicted = 0
+        self._live = _Live(protocol.live_ids)
+        self._ping_frame = protocol.ping()
+        self._uses = 0
+        self._next_one_way = -1
         task_group.start_soon(self._run_timers, name="moonpool transport timers")
 
     @property
@@ -84,18 +116,38 @@ class TransportDriver(Generic[E]):
         if peer is None:
             if self._closed:
                 raise TransportClosed("transport is closed")
+            if len(self._peers) >= self.peer_config.max_peers:
+                self._evict_least_recently_used()
+            protocol = self.protocol
             peer = Peer(
                 self._network,
                 destination,
                 on_data=lambda data: self._received(destination, data),
-                on_lost=lambda reason, unsent: self._lost(destination, reason, unsent),
+                on_lost=lambda reason, unsent, connected: self._lost(
+                    destination, reason, unsent, connected
+                ),
+                on_connected=lambda: self.failure_monitor.report_available(destination),
                 config=self.peer_config,
                 rng=self._rng,
-                buffered=lambda: self.protocol.buffered(destination),
+                buffered=lambda: protocol.buffered(destination),
+                live=self._live,
+                pending=lambda: protocol.pending_count_to(destination),
+                ping_frame=self._ping_frame,
             )
             self._peers[destination] = peer
             self._task_group.start_soon(self._run_peer, peer, name=f"moonpool peer {destination}")
         return peer
+
+    def _evict_least_recently_used(self) -> None:
+        """Close the least recently used idle peer, if any (``PeerConfig.max_peers``)."""
+        idle = [peer for peer in self._peers.values() if peer.idle]
+        if not idle:
+            return  # every peer is busy: closing one would fail its calls
+        victim = min(idle, key=lambda peer: peer.last_used)
+        self.peers_evicted += 1
+        log.debug("closing idle peer %s: at max_peers=%d", victim.address, len(self._peers))
+        victim.close()
+        del self._peers[victim.address]
 
     async def _run_peer(self, peer: Peer) -> None:
         try:
@@ -103,6 +155,39 @@ class TransportDriver(Generic[E]):
         finally:
             if self._peers.get(peer.address) is peer:
                 del self._peers[peer.address]
+                if not self.failure_monitor.is_failed(peer.address):
+                    self.failure_monitor.forget(peer.address)
+
+    def send_one_way(self, destination: str, frame: bytes) -> None:
+        """Queue a one-way frame; one that cannot be queued becomes a dead letter."""
+        peer = self.get_or_create_peer(destination)
+        tag = self._next_one_way
+        self._next_one_way -= 1
+        self._uses += 1
+        peer.last_used = self._uses
+        try:
+            peer.send(frame, write_now=self.protocol.pending_count_to(destination) == 0, tag=tag)
+        except SendQueueFull as exc:
+            self.dead_letters.record("one-way", destination, str(exc), anyio.current_time())
+
+    def cancel(self, destination: str, correlation_id: int) -> None:
+        """A caller gave up on a request: forget it, and its frame if still queued."""
+        self.protocol.cancel_request(correlation_id)
+        peer = self._peers.get(destination)
+        if peer is not None:
+            peer.forget_ended()
+
+    def breaker(self, destination: str) -> CircuitBreaker | None:
+        """The circuit towards ``destination`` (None without ``circuit_threshold``)."""
+        threshold = self.peer_config.circuit_threshold
+        if threshold is None:
+            return None
+        breaker = self.breakers.get(destination)
+        if breaker is None:
+            breaker = self.breakers[destination] = CircuitBreaker(
+                threshold, self.peer_config.circuit_cooldown, self._rng
+            )
+        return breaker
 
     def flush(self) -> None:
         """Move every frame the protocol wants sent into its peer's queue."""
@@ -110,6 +195,8 @@ class TransportDriver(Generic[E]):
         while (transmit := protocol.poll_transmit()) is not None:
             destination = transmit.destination
             peer = self.get_or_create_peer(destination)
+            self._uses += 1
+            peer.last_used = self._uses
             try:
                 # A lone request goes out from the caller's task; with others in
                 # flight, replies come back in batches and the next requests are
@@ -138,10 +225,13 @@ class TransportDriver(Generic[E]):
         self.protocol.handle_received(destination, data)
         self._dispatch_completions()
 
-    def _lost(self, destination: str, reason: str, unsent: list[int]) -> None:
-        self.protocol.connection_lost(
-            destination, now=anyio.current_time(), reason=reason, unsent=unsent
-        )
+    def _lost(self, destination: str, reason: str, unsent: list[int], connected: bool) -> None:
+        now = anyio.current_time()
+        self.failure_monitor.report_failure(destination, now, reason)
+        for tag in unsent:
+            if tag < 0:
+                self.dead_letters.record("one-way", destination, f"never sent: {reason}", now)
+        self.protocol.connection_lost(destination, now=now, reason=reason, unsent=unsent)
         self.flush()
 
     async def _run_timers(self) -> None:
@@ -154,7 +244,12 @@ class TransportDriver(Generic[E]):
             with anyio.move_on_at(self._timer_deadline):
                 await changed.wait()
             self._timer_deadline = -math.inf  # awake: nobody needs to wake us
+            timeouts = protocol.stats.timeouts
             protocol.handle_timeout(anyio.current_time())
+            if protocol.stats.timeouts != timeouts:
+                # Expired requests may have frames still queued behind a connect.
+                for peer in self._peers.values():
+                    peer.forget_ended()
             self.flush()
 
     def close(self) -> None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 __all__ = [
     "BindFailed",
+    "CircuitOpen",
     "ConnectionFailed",
     "FrameTooLarge",
+    "MaybeDelivered",
+    "PeerFailed",
     "RemoteError",
     "SendQueueFull",
     "SerializationError",
@@ -31,6 +34,30 @@ class TransportTimeout(TransportError, TimeoutError):
 
 class ConnectionFailed(TransportError, ConnectionError):
     """The peer could not be reached, or the connection broke under a request."""
+
+
+class MaybeDelivered(ConnectionFailed):
+    """The connection broke after an at-most-once request may have been written.
+
+    The server may or may not have executed it: a caller that must not apply it
+    twice checks (reads back) before trying again.  ``try_get_reply`` raises plain
+    :class:`ConnectionFailed` instead when the request provably never left this
+    process.
+    """
+
+
+class PeerFailed(ConnectionFailed):
+    """The failure monitor has seen the destination failed for longer than the
+    call allowed (``get_reply_unless_failed_for``'s ``failed_for``)."""
+
+
+class CircuitOpen(TransportError):
+    """The destination's circuit breaker is open: recent calls to it kept failing,
+    so this one failed at once, without touching the network.
+
+    One probe call is let through after the breaker's cool-down; its success
+    closes the circuit again (see ``PeerConfig.circuit_threshold``).
+    """
 
 
 class TransportClosed(TransportError):

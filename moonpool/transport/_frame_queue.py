@@ -23,7 +23,7 @@ what a lone round trip costs beyond the system calls themselves.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import final
 
 import anyio
@@ -67,7 +67,9 @@ class FrameQueue:
         "_waiter",
         "budget",
         "byte_limit",
+        "dirty",
         "limit",
+        "live",
         "on_sent",
         "sender",
         "writing",
@@ -80,6 +82,7 @@ class FrameQueue:
         *,
         byte_limit: int | None = None,
         budget: ByteBudget | None = None,
+        live: Container[int] | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError(f"a frame queue needs room for at least 1 frame, got {limit}")
@@ -109,8 +112,17 @@ class FrameQueue:
         # Set when a full queue gets room again (see wait_room).
         self._room: anyio.Event | None = None
         self._closed = False
+        #: The tags still worth writing (a client's pending requests): a tagged
+        #: frame whose tag is no longer in it -- its call timed out or was
+        #: cancelled -- is dropped unwritten.  ``None``: every frame is.
+        self.live = live
+        #: Set by the owner when a tag may have left :attr:`live`: the next
+        #: :meth:`wait`, or a :attr:`full` that would be true, purges first.
+        self.dirty = False
 
     def __len__(self) -> int:
+        if self.dirty:
+            self.purge()
         return len(self._frames) + (self._fragment is not None)
 
     @property
@@ -124,12 +136,45 @@ class FrameQueue:
 
     @property
     def full(self) -> bool:
+        if not self._over_limit():
+            return False
+        if self.dirty:
+            self.purge()
+            return self._over_limit()
+        return True
+
+    def _over_limit(self) -> bool:
         if len(self._frames) >= self.limit:
             return True
         if self._frames and self.byte_limit is not None and self._bytes >= self.byte_limit:
             return True
         budget = self.budget
         return budget is not None and budget.used >= budget.limit
+
+    def purge(self) -> int:
+        """Drop the queued frames whose tag is no longer :attr:`live`; returns how many.
+
+        This is what makes "a call that timed out is never written later" hold: its
+        frame may still be queued behind a connect that takes longer than the call.
+        """
+        self.dirty = False
+        live = self.live
+        if live is None:
+            return 0
+        kept: deque[tuple[bytes, int | None]] = deque()
+        dropped = 0
+        for item in self._frames:
+            tag = item[1]
+            if tag is None or tag in live:
+                kept.append(item)
+            else:
+                dropped += 1
+                self._count(-len(item[0]))
+        if dropped:
+            self._frames = kept
+            if self._room is not None:
+                self._made_room()
+        return dropped
 
     def put(self, frame: bytes, *, write_now: bool = False, tag: int | None = None) -> None:
         """Append ``frame``; the caller has checked :attr:`closed` and :attr:`full`.
@@ -147,6 +192,8 @@ class FrameQueue:
             self._wake()
 
     def _write_now(self, send: NonBlockingSender) -> None:
+        if self.dirty:
+            self.purge()
         frames = self._frames
         while frames:
             data, count = self._next_write()
@@ -200,12 +247,20 @@ class FrameQueue:
 
     async def wait(self) -> bool:
         """Wait until a frame is queued (True) or the queue is closed and empty (False)."""
+        if self.dirty:
+            self.purge()
         while not self._frames and self._fragment is None:
             if self._closed:
                 return False
             waiter = self._waiter = anyio.Event()
             await waiter.wait()
         return True
+
+    def has_frames(self) -> bool:
+        """Whether anything is queued (after dropping frames no longer live)."""
+        if self.dirty:
+            self.purge()
+        return bool(self._frames) or self._fragment is not None
 
     def take(self) -> tuple[bytes, int]:
         """The next write: everything queued (up to :data:`COALESCE_BYTES`) as one

@@ -7,11 +7,17 @@ replies and reconnects after failures.  Because only the actor awaits on the
 connection, no caller can deadlock on it, and a slow remote shows up as a full
 queue (:class:`~moonpool.transport.SendQueueFull`) instead of a blocked caller.
 
-Connections are opened lazily, when there is something to send, and retried with
-exponential backoff and jitter after failures.  When a connection breaks, the
-queue is cleared: frames it never wrote are reported back by tag (``on_lost``'s
-``unsent``) to go out on the next connection, and the protocol above decides
-whether to resend the rest, with the same correlation id.
+Lifecycle (the plan's PR5).  A connection is opened lazily, when there is
+something to send, and reopened with exponential backoff and jitter after a
+failure.  While an idle connection is open, a remote that has sent nothing for
+``ping_interval`` gets a health ping; after
+``ping_max_missed`` pings in a row go unanswered for ``ping_timeout`` each, the
+connection is closed as failed (a crashed machine sends no reset).  A
+connection with nothing pending for ``idle_timeout`` is closed and the actor
+ends; the next request starts a new one, and the caller does not notice.
+When a connection breaks, the queue is cleared: frames it never wrote are
+reported back by tag (``on_lost``'s ``unsent``), and the protocol above decides
+what each request's contract allows.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import final
 
@@ -52,6 +58,18 @@ class PeerConfig:
     256 KiB) and ignore it.  ``frame_timeout`` mirrors the server's: a remote
     that stops in the middle of a reply for that long has its connection closed
     (None: never), so a half-sent frame cannot hold the connection for ever.
+
+    Health: a connected remote silent for ``ping_interval`` seconds is pinged
+    (None: never); ``ping_max_missed`` pings in a row unanswered within
+    ``ping_timeout`` each fail the connection and mark the remote failed in the
+    failure monitor.  Pings work with every envelope type, and the server
+    answers them itself: they never reach its application.
+    ``idle_timeout``: a connection with nothing pending for that long is closed
+    (None: never); ``max_peers`` bounds the remotes a transport keeps a
+    connection to, evicting the least recently used idle one.
+    Circuit breaker: ``circuit_threshold`` consecutive failures towards one
+    remote (None: no breaker) open its circuit for about ``circuit_cooldown``
+    seconds, during which calls fail at once with ``CircuitOpen``.
     """
 
     max_queued_frames: int = 4096
@@ -62,8 +80,30 @@ class PeerConfig:
     reconnect_jitter: float = 0.5
     receive_size: int = 65536
     frame_timeout: float | None = 30.0
+    ping_interval: float | None = 1.0
+    ping_timeout: float = 1.0
+    ping_max_missed: int = 3
+    idle_timeout: float | None = 60.0
+    max_peers: int = 1024
+    circuit_threshold: int | None = None
+    circuit_cooldown: float = 5.0
 
     def __post_init__(self) -> None:
+        for name in ("ping_interval", "idle_timeout"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:
+                raise ValueError(f"{name} must be positive and finite, or None, got {value!r}")
+        for name in ("ping_timeout", "circuit_cooldown"):
+            value = getattr(self, name)
+            if not 0 < value < math.inf:
+                raise ValueError(f"{name} must be positive and finite, got {value!r}")
+        for name in ("ping_max_missed", "max_peers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.circuit_threshold is not None and self.circuit_threshold < 1:
+            raise ValueError(
+                f"circuit_threshold must be >= 1 or None, got {self.circuit_threshold}"
+            )
         if self.frame_timeout is not None and not 0 < self.frame_timeout < math.inf:
             raise ValueError(
                 f"frame_timeout must be positive and finite, or None, got {self.frame_timeout!r}"
@@ -99,6 +139,11 @@ class PeerStats:
     bytes_sent: int = 0
     bytes_received: int = 0
     slow_frames: int = 0  # connections closed for stopping mid-frame
+    pings_sent: int = 0
+    pings_missed: int = 0
+    idle_closes: int = 0
+    #: Chunks read from a connection after it was replaced (dropped).
+    stale_chunks: int = 0
 
 
 class _ConnectionLost(Exception):
@@ -110,10 +155,13 @@ class Peer:
     """The connection to one remote address, driven by its own actor task.
 
     The owner starts :meth:`run` in a task group and stops it by cancelling that
-    group (or with :meth:`close`).  ``on_data`` receives every chunk read;
-    ``on_lost(reason, unsent)`` is called after a connect failure or a broken
-    connection, once the queue has been cleared; ``unsent`` lists the tags (see
-    :meth:`send`) of frames the broken connection never carried.  Both run
+    group (or with :meth:`close`); the actor also ends by itself once the
+    connection has been idle for ``idle_timeout`` (see the module doc).
+    ``on_data`` receives every chunk read;
+    ``on_lost(reason, unsent, connected)`` is called after a connect failure
+    (``connected`` False) or a broken connection, once the queue has been
+    cleared; ``unsent`` lists the tags (see :meth:`send`) of frames no
+    connection ever carried.  ``on_connected()`` follows each connect.  All run
     synchronously, so the owner's state never changes under it between two
     awaits.  ``on_lost`` runs in the actor task.
     ``on_data`` does too on trio and in simulations; on asyncio, with
@@ -121,6 +169,9 @@ class Peer:
     callback (push mode, one loop iteration less per reply), outside any task: it
     must only parse and wake, not call anyio functions that need a current task.
     An exception it raises ends the connection exactly as in the actor task.
+    ``live`` (the owner's pending requests by tag) lets the queue drop, unwritten,
+    the frame of a request that ended first; ``pending()`` counts the requests
+    still owed an answer (the connection is not idle while there are any).
     """
 
     def __init__(
@@ -129,10 +180,14 @@ class Peer:
         address: str,
         *,
         on_data: Callable[[bytes], None],
-        on_lost: Callable[[str, list[int]], None],
+        on_lost: Callable[[str, list[int], bool], None],
         config: PeerConfig | None = None,
         rng: random.Random | None = None,
         buffered: Callable[[], int] | None = None,
+        on_connected: Callable[[], None] | None = None,
+        live: Container[int] | None = None,
+        pending: Callable[[], int] | None = None,
+        ping_frame: bytes | None = None,
     ) -> None:
         self.address = address
         # How many bytes of an unfinished frame from this remote are buffered
@@ -143,16 +198,27 @@ class Peer:
         self._network = network
         self._on_data = on_data
         self._on_lost = on_lost
+        self._on_connected = on_connected
+        self._pending = pending
+        self._ping_frame = ping_frame
         self._rng = rng or random.Random()
         self._queue = FrameQueue(
             self.config.max_queued_frames,
             on_sent=self._count_sent,
             byte_limit=self.config.max_queued_bytes,
+            live=live,
         )
         self._closed = False
         self._connected = False
         self._failures = 0
         self._answered = False  # whether the current connection delivered good bytes
+        # Bumped per connection: a chunk from an older one is stale and dropped.
+        self._generation = 0
+        # Frames the owner sent (pings excluded): the idle watch compares counts.
+        self._sends = 0
+        self._idle = False
+        #: For the owner's least-recently-used eviction.
+        self.last_used = 0
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "connected" if self._connected else "idle"
@@ -165,6 +231,16 @@ class Peer:
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def generation(self) -> int:
+        """How many connections this peer has made (the current one's number)."""
+        return self._generation
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing pending: closing it now loses nothing."""
+        return not self._queue.has_frames() and (self._pending is None or self._pending() == 0)
 
     def send(self, frame: bytes, *, write_now: bool = False, tag: int | None = None) -> None:
         """Queue ``frame`` for the remote; never blocks.
@@ -181,7 +257,12 @@ class Peer:
         if self._closed:
             raise TransportClosed(f"peer {self.address} is closed")
         self.check_room()
+        self._sends += 1
         self._queue.put(frame, write_now=write_now, tag=tag)
+
+    def forget_ended(self) -> None:
+        """A request ended (timed out, cancelled): drop its frame if still queued."""
+        self._queue.dirty = True
 
     @property
     def full(self) -> bool:
@@ -217,9 +298,10 @@ class Peer:
     async def run(self) -> None:
         """The actor: connect when there is work, pump the connection, recover."""
         try:
-            # Connect only when there is something to send.
-            while not self._closed and await self._queue.wait():
+            while not self._closed and await self._wait_for_work():
                 await anyio.sleep(self.config.reconnect_delay(self._failures, self._rng))
+                if self._closed:
+                    break
                 try:
                     stream = await self._connect()
                 except _ConnectionLost as lost:
@@ -233,14 +315,26 @@ class Peer:
             self._connected = False
             self.close()
 
+    async def _wait_for_work(self) -> bool:
+        """True when there is a reason to connect; False when the actor should end."""
+        queue = self._queue
+        if queue.has_frames():
+            return True
+        if self._idle:
+            return False  # the connection just closed for idleness and nothing came
+        idle_timeout = self.config.idle_timeout
+        if idle_timeout is None:
+            return await queue.wait()
+        with anyio.move_on_after(idle_timeout):
+            return await queue.wait()
+        return False
+
     def _lose(self, reason: str, *, connected: bool) -> None:
         self._connected = False
         # The queue goes with the connection.  Frames a write had begun on may have
-        # arrived: the protocol decides whether to resend those (on_lost).  Frames
-        # never handed to the lost connection are reported as unsent, and go out
-        # again on the next one -- unless there was no connection at all: then
-        # the remote cannot be reached, and their requests fail or retry by policy.
-        unsent = self._queue.unsent_tags() if connected else []
+        # arrived: the protocol decides what to do with those (on_lost).  Frames
+        # never handed to a connection are reported as unsent.
+        unsent = self._queue.unsent_tags()
         self.stats.frames_dropped += self._queue.clear() - len(unsent)
         if connected:
             # A connection that got a good answer resets the backoff; one that did
@@ -248,7 +342,7 @@ class Peer:
             # (or answers garbage) is not reconnected to in a tight loop.
             self._failures = 0 if self._answered else self._failures + 1
         log.debug("peer %s: %s", self.address, reason)
-        self._on_lost(reason, unsent)
+        self._on_lost(reason, unsent, connected)
 
     async def _connect(self) -> anyio.abc.ByteStream:
         try:
@@ -264,7 +358,11 @@ class Peer:
             raise _ConnectionLost(f"cannot connect to {self.address}: {detail}") from exc
         self._connected = True
         self._answered = False
+        self._generation += 1
+        self._idle = False
         self.stats.connects += 1
+        if self._on_connected is not None:
+            self._on_connected()
         return stream
 
     async def _serve(self, stream: anyio.abc.ByteStream) -> None:
@@ -272,11 +370,15 @@ class Peer:
         failure: list[str] = []
         receive_into = push_receiver(stream)
         frame_timeout, buffered = self.config.frame_timeout, self._buffered
+        generation = self._generation
         # Its deadline is armed while a frame is half received (see PeerConfig).
         half_frame = anyio.CancelScope()
         async with stream, anyio.create_task_group() as group:
 
             def on_data(data: bytes) -> None:
+                if self._generation != generation:
+                    self.stats.stale_chunks += 1  # from a connection already replaced
+                    return
                 self.stats.bytes_received += len(data)
                 self._on_data(data)
                 self._answered = True  # and its bytes made sense
@@ -312,6 +414,8 @@ class Peer:
                 group.cancel_scope.cancel()
 
             group.start_soon(reader)
+            if self.config.ping_interval is not None or self.config.idle_timeout is not None:
+                group.start_soon(self._watch, group.cancel_scope, failure)
             self._queue.sender = nonblocking_sender(stream)
             try:
                 await write_frames(stream, self._queue)
@@ -323,8 +427,59 @@ class Peer:
         self.stats.connections_lost += 1
         if failure:
             raise _ConnectionLost(failure[0])
-        if not self._closed:
+        if not self._closed and not self._idle:
             raise _ConnectionLost(f"connection to {self.address} ended")
+
+    async def _watch(self, connection: anyio.CancelScope, failure: list[str]) -> None:
+        """Health pings and the idle timeout of one idle connection.
+
+        Idleness is judged from counts (frames sent, requests pending) at each
+        tick, not from a clock read per frame, so the hot path pays nothing.
+        """
+        config = self.config
+        ping_interval, idle_timeout = config.ping_interval, config.idle_timeout
+        tick = min(x for x in (ping_interval, idle_timeout) if x is not None)
+        stats = self.stats
+        heard = stats.bytes_received
+        sends = self._sends
+        busy_at = anyio.current_time()
+        missed = 0
+        ping_out = False
+        while True:
+            await anyio.sleep(config.ping_timeout if ping_out else tick)
+            now = anyio.current_time()
+            if self._sends != sends or (self._pending is not None and self._pending()):
+                # Busy: its requests' own deadlines watch the remote.  Pings are for
+                # idle connections only -- a server running a slow handler in line
+                # (serve()) reads nothing meanwhile, pings included.
+                sends, busy_at = self._sends, now
+                heard, missed, ping_out = stats.bytes_received, 0, False
+                continue
+            if idle_timeout is not None and now - busy_at >= idle_timeout:
+                self._idle = True
+                stats.idle_closes += 1
+                log.debug("peer %s: closing the connection, idle %ss", self.address, idle_timeout)
+                connection.cancel()
+                return
+            if ping_interval is None or self._ping_frame is None:
+                continue
+            if stats.bytes_received != heard:
+                heard, missed, ping_out = stats.bytes_received, 0, False
+                continue
+            if ping_out:
+                missed += 1
+                stats.pings_missed += 1
+                if missed >= config.ping_max_missed:
+                    failure.append(
+                        f"connection to {self.address} failed: {missed} health pings in a row "
+                        f"unanswered for {config.ping_timeout}s each (PeerConfig.ping_timeout)"
+                    )
+                    connection.cancel()
+                    return
+            stats.pings_sent += 1
+            ping_out = True
+            if not self._queue.closed:
+                self._queue.put(self._ping_frame, write_now=True)
 
     def _count_sent(self, frames: int, size: int) -> None:
         self.stats.frames_sent += frames

@@ -19,7 +19,7 @@ import heapq
 import math
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar, cast, final
 
@@ -27,6 +27,7 @@ from moonpool.transport._envelope import Envelope, EnvelopeSerializer, ErrorRepl
 from moonpool.transport._errors import (
     ConnectionFailed,
     FrameTooLarge,
+    MaybeDelivered,
     RemoteError,
     SerializationError,
     TransportClosed,
@@ -35,7 +36,22 @@ from moonpool.transport._errors import (
 )
 from moonpool.transport._framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder
 
-__all__ = ["Completion", "RetryPolicy", "Transmit", "TransportProtocol", "TransportStats"]
+__all__ = [
+    "ONE_WAY_ID",
+    "PING_ID",
+    "Completion",
+    "RetryPolicy",
+    "Transmit",
+    "TransportProtocol",
+    "TransportStats",
+]
+
+#: The correlation id of a one-way message (no request ever has it).
+ONE_WAY_ID = 0
+#: The correlation id of a health ping: a server answers it at once, with an empty
+#: payload, and never hands it to the application; a client drops the answer.
+#: Ids a client allocates stay below 2**63, so no request ever has it either.
+PING_ID = 2**64 - 1
 
 E = TypeVar("E", bound=Envelope)
 
@@ -75,21 +91,27 @@ class Completion(NamedTuple):
 @final
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How a request survives a lost connection.
+    """How an at-least-once request (``get_reply``) survives a lost connection.
 
-    ``max_attempts`` counts sends, so the default of 1 means "never resend". A
-    resend reuses the request's correlation id, so a reply to any attempt completes
-    it; requests must therefore be safe to execute twice (a lost connection cannot
-    tell us whether the server already acted).
+    ``max_attempts`` counts attempts; the default, ``None``, resends until the
+    request's deadline, and 1 means "never resend".  A frame that provably never
+    left this process (still queued when its connection failed) goes out again at
+    once without counting, the first time; after that each connection that fails
+    under it counts as an attempt, with a backoff, so that a remote that cannot be
+    reached (or hangs up at once) ends an N-attempt policy instead of cycling.  A resend
+    reuses the request's correlation id, so a reply to any attempt completes it;
+    the server may therefore execute it more than once, and deduplicates by
+    ``ReceivedEnvelope.request_id`` if that matters.  At-most-once requests
+    (``try_get_reply``) are never resent, whatever the policy.
     """
 
-    max_attempts: int = 1
+    max_attempts: int | None = None
     backoff_initial: float = 0.05
     backoff_max: float = 2.0
     jitter: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
+        if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
         if not 0 <= self.backoff_initial <= self.backoff_max:
             raise ValueError(
@@ -131,6 +153,12 @@ class TransportStats:
     bytes_sent: int = 0
     bytes_received: int = 0
     protocol_errors: int = 0
+    #: Health pings answered (client) or answered to (server).
+    pings: int = 0
+    #: Messages recorded as dead letters (see ``dead_letters``).
+    dead_letters: int = 0
+    #: Calls refused at once because their destination's circuit was open.
+    circuit_rejections: int = 0
 
 
 @dataclass(slots=True)
@@ -140,14 +168,18 @@ class _Pending:
     frame: bytes
     timeout: float
     deadline: float
+    at_most_once: bool = False
     attempts: int = 1
     # True once poll_transmit handed the latest attempt to the driver: only then
     # can a lost connection have lost it.
     on_wire: bool = False
     # True once the driver handed this attempt back unwritten (connection_lost's
-    # ``unsent``): it is put back once, not again, so that a remote that keeps
-    # hanging up cannot keep it cycling until its deadline.
+    # ``unsent``): it is put back at once only that time; the next time it waits
+    # out a retry backoff like a lost attempt, so that a remote that keeps hanging
+    # up cannot keep it cycling without a pause.
     requeued: bool = False
+    # Why the last connection carrying it failed, for the timeout's message.
+    last_failure: str = ""
     retry_at: float | None = None
     # Sequence numbers of this request's live heap entries (lazy deletion).
     deadline_seq: int = -1
@@ -285,13 +317,26 @@ class TransportProtocol(Generic[E]):
             )
         return frame
 
-    def start_request(self, destination: str, payload: bytes, *, now: float, timeout: float) -> int:
+    def start_request(
+        self,
+        destination: str,
+        payload: bytes,
+        *,
+        now: float,
+        timeout: float,
+        at_most_once: bool = False,
+    ) -> int:
         """Queue a tracked request and return its new correlation id.
 
         Ids are unique for this protocol instance and never reused, so a late reply
         can never complete a newer request. The request ends with exactly one
         :class:`Completion` (reply, remote error, timeout at ``now + timeout`` or
         connection failure), unless :meth:`cancel_request` is called first.
+
+        An ``at_most_once`` request is handed out for writing once and never
+        again: if its connection is lost, it fails with :class:`MaybeDelivered`,
+        or with plain :class:`ConnectionFailed` when the driver reports it unsent.
+        Otherwise it is retried by the :class:`RetryPolicy` (at least once).
         """
         self._check_open()
         if not (timeout > 0 and math.isfinite(timeout)):
@@ -303,7 +348,7 @@ class TransportProtocol(Generic[E]):
             self._serializer.serialize(self._envelope.create_request(correlation_id, payload))
         )
         self._next_correlation_id += 1
-        pending = _Pending(correlation_id, destination, frame, timeout, now + timeout)
+        pending = _Pending(correlation_id, destination, frame, timeout, now + timeout, at_most_once)
         pending.deadline_seq = self._push_timer(pending.deadline, correlation_id)
         self._pending[correlation_id] = pending
         ids = self._by_destination.get(destination)
@@ -313,6 +358,37 @@ class TransportProtocol(Generic[E]):
         self._transmits.append(Transmit(destination, frame, correlation_id))
         self.stats.requests_started += 1
         return correlation_id
+
+    def one_way(self, payload: bytes) -> bytes:
+        """The frame of a one-way message: untracked, never retried, never answered.
+
+        Envelope types with a ``create_one_way`` constructor (such as
+        :class:`~moonpool.transport.CheckedEnvelope`) say so in their kind; for the
+        others the message carries correlation id :data:`ONE_WAY_ID`, which a
+        server takes as "no reply expected".
+        """
+        create_one_way = getattr(self._envelope, "create_one_way", None)
+        envelope = (
+            create_one_way(payload)
+            if create_one_way is not None
+            else self._envelope.create_request(ONE_WAY_ID, payload)
+        )
+        return self.send(envelope)
+
+    def ping(self) -> bytes:
+        """The frame of a health ping (see :data:`PING_ID`); its answer is dropped.
+
+        Not counted as sent: pings are the peer's business, counted there."""
+        return self._serializer.serialize(self._envelope.create_request(PING_ID, b""))
+
+    @property
+    def live_ids(self) -> Container[int]:
+        """Correlation ids of the requests still pending (a live view, for peers)."""
+        return self._pending.keys()
+
+    def pending_by_destination(self) -> dict[str, int]:
+        """How many requests are pending towards each destination."""
+        return {destination: len(ids) for destination, ids in self._by_destination.items()}
 
     def cancel_request(self, correlation_id: int) -> None:
         """Forget a request whose caller gave up; no completion will be produced.
@@ -377,6 +453,9 @@ class TransportProtocol(Generic[E]):
             self._received.append((source, envelope))
             return
         correlation_id = envelope.correlation_id
+        if correlation_id == PING_ID:
+            self.stats.pings += 1  # the remote is alive: the peer saw the bytes
+            return
         pending = self._pending.get(correlation_id)
         if (
             pending is None
@@ -422,12 +501,14 @@ class TransportProtocol(Generic[E]):
         """The connection for ``source`` is gone (closed, broken, or never opened).
 
         Its partial frame is discarded. ``unsent`` lists requests whose frames the
-        driver was still holding, never written to the connection: they are queued
-        again for the next one, as the same attempt (nothing was lost) -- once; a
-        request handed back unwritten a second time is treated as lost.  Every
-        other request to that destination whose latest attempt was handed out is
-        retried after a backoff (same correlation id) if the retry policy allows
-        another attempt before its deadline, and otherwise completed with
+        driver was still holding, never written to the connection: an
+        at-least-once request among them is queued again for the next connection,
+        as the same attempt (nothing was lost); an at-most-once one fails with
+        :class:`ConnectionFailed` (it never left).  Every other request to that
+        destination whose latest attempt was handed out may have been written:
+        an at-most-once one fails with :class:`MaybeDelivered`; an at-least-once
+        one is retried after a backoff (same correlation id) if the retry policy
+        allows another attempt before its deadline, and otherwise fails with
         :class:`ConnectionFailed`. Requests still waiting in the transmit queue or
         for a retry are untouched: the lost connection never carried them.
         """
@@ -440,43 +521,63 @@ class TransportProtocol(Generic[E]):
         if not ids:
             return
         stats = self.stats
+        cause = f": {reason}" if reason else ""
         for correlation_id in unsent:
             pending = self._pending.get(correlation_id)
-            if (
-                pending is not None
-                and pending.on_wire
-                and pending.destination == source
-                and not pending.requeued
-            ):
-                pending.on_wire = False
+            if pending is None or not pending.on_wire or pending.destination != source:
+                continue
+            pending.on_wire = False
+            pending.last_failure = reason
+            # Not sent after all.
+            stats.envelopes_sent -= 1
+            stats.bytes_sent -= len(pending.frame)
+            if pending.at_most_once:
+                self._fail(
+                    pending,
+                    ConnectionFailed(
+                        f"request {correlation_id} to {source} was never sent: its "
+                        f"connection failed first{cause}"
+                    ),
+                )
+            elif not pending.requeued:
                 pending.requeued = True
+                # poll_transmit counts it when it goes out again.
                 self._transmits.append(Transmit(source, pending.frame, correlation_id))
-                # Not sent after all: poll_transmit counts it when it goes out again.
-                stats.envelopes_sent -= 1
-                stats.bytes_sent -= len(pending.frame)
+            else:
+                pending.on_wire = True  # handled below, as a lost attempt
+        max_attempts = self._retry.max_attempts
         for correlation_id in list(ids):
             pending = self._pending[correlation_id]
             if not pending.on_wire:
                 continue
             pending.on_wire = False
-            if pending.attempts < self._retry.max_attempts:
+            pending.last_failure = reason
+            if pending.at_most_once:
+                error: ConnectionFailed = MaybeDelivered(
+                    f"connection to {source} lost after request {correlation_id} may have "
+                    f"been written (at most once: not resent; check whether it took effect "
+                    f"before trying again){cause}"
+                )
+                self._fail(pending, error)
+                continue
+            if max_attempts is None or pending.attempts < max_attempts:
                 retry_at = now + self._retry.backoff(pending.attempts, self._rng)
                 if retry_at < pending.deadline:
                     pending.retry_at = retry_at
                     pending.retry_seq = self._push_timer(retry_at, correlation_id)
-                    continue
-            self._remove(correlation_id)
-            self.stats.connection_failures += 1
-            if pending.attempts >= self._retry.max_attempts:
-                why = f"attempt {pending.attempts} of {self._retry.max_attempts}"
-            else:
-                why = f"no time left to retry within the {pending.timeout}s timeout"
-            cause = f": {reason}" if reason else ""
+                # else: no time left for another attempt; it times out at its
+                # deadline, with this failure in the message.
+                continue
             error = ConnectionFailed(
                 f"connection to {source} lost while request {correlation_id} awaited "
-                f"its reply ({why}){cause}"
+                f"its reply (attempt {pending.attempts} of {max_attempts}){cause}"
             )
-            self._completions.append(Completion(correlation_id, None, error))
+            self._fail(pending, error)
+
+    def _fail(self, pending: _Pending, error: ConnectionFailed) -> None:
+        self._remove(pending.correlation_id)
+        self.stats.connection_failures += 1
+        self._completions.append(Completion(pending.correlation_id, None, error))
 
     def handle_timeout(self, now: float) -> None:
         """Expire requests whose deadline is ``<= now`` and queue retries that are due."""
@@ -495,10 +596,11 @@ class TransportProtocol(Generic[E]):
             elif seq == pending.deadline_seq:
                 self._remove(correlation_id)
                 self.stats.timeouts += 1
+                last = f"; last failure: {pending.last_failure}" if pending.last_failure else ""
                 error = TransportTimeout(
                     f"no reply from {pending.destination} to request {correlation_id} "
                     f"within {pending.timeout}s (after {pending.attempts} attempt"
-                    f"{'s' if pending.attempts != 1 else ''})"
+                    f"{'s' if pending.attempts != 1 else ''}{last})"
                 )
                 self._completions.append(Completion(correlation_id, None, error))
 

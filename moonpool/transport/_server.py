@@ -39,6 +39,7 @@ from moonpool._ground._run import in_simulation
 from moonpool.net import InvalidAddress, Listener, NetworkProvider
 from moonpool.net._nowait import nonblocking_sender
 from moonpool.transport._background import BackgroundTasks
+from moonpool.transport._dead_letters import DEFAULT_DEAD_LETTERS, DeadLetters
 from moonpool.transport._envelope import Envelope, KindedEnvelope, RequestResponseEnvelope
 from moonpool.transport._errors import (
     BindFailed,
@@ -49,7 +50,7 @@ from moonpool.transport._errors import (
 )
 from moonpool.transport._frame_queue import ByteBudget, FrameQueue, write_frames
 from moonpool.transport._framing import DEFAULT_MAX_FRAME_SIZE
-from moonpool.transport._protocol import TransportProtocol
+from moonpool.transport._protocol import ONE_WAY_ID, PING_ID, TransportProtocol
 from moonpool.transport._request_queue import FairQueue
 
 __all__ = ["ReceivedEnvelope", "RequestHandler", "ServerStats", "ServerTransport"]
@@ -103,6 +104,10 @@ class ServerStats:
     connections_closed_for_slow_frames: int = 0
     requests_received: int = 0
     replies_sent: int = 0
+    #: Health pings answered (by the transport: they never reach the application).
+    pings_answered: int = 0
+    #: Replies recorded in ``dead_letters``: their client had gone.
+    dead_letters: int = 0
 
 
 class _Connection:
@@ -186,19 +191,20 @@ class _Connection:
         if self.outstanding == 0 and self._answered is not None:
             self._answered.set()
 
-    def shut(self) -> None:
+    def shut(self) -> int:
         """No more replies: the connection is closing (idempotent).
 
         Replies still queued can never be written now: they are dropped at once,
         not kept until the last reference to the connection goes (a request the
         application still holds is one), which let a closed connection hold tens
-        of megabytes of unread replies.
+        of megabytes of unread replies.  Returns how many were dropped.
         """
         self.closed = True
         self.tasks = None
         self.outbox.sender = None
-        self.outbox.clear()
+        dropped = self.outbox.clear()
         self.outbox.close()
+        return dropped
 
     def abandon(self) -> None:
         """The connection can carry no more replies: stop waiting for them."""
@@ -230,6 +236,7 @@ class ReceivedEnvelope(Generic[E]):
         "envelope",
         "expects_reply",
         "payload",
+        "request_id",
         "source",
     )
 
@@ -243,6 +250,10 @@ class ReceivedEnvelope(Generic[E]):
     ) -> None:
         self.envelope = envelope
         self.payload = envelope.extract_payload()
+        #: The same on every resend of one ``get_reply`` call, distinct across calls
+        #: and across client restarts (its correlation id, see ``ClientTransport``):
+        #: what a server deduplicates at-least-once requests by.
+        self.request_id: int = envelope.correlation_id
         self.source = source
         #: False for a one-way message (a ``KindedEnvelope`` that wants no reply).
         self.expects_reply = expects_reply
@@ -320,6 +331,7 @@ class ServerTransport(Generic[E]):
         drain_timeout: float = 5.0,
         frame_timeout: float | None = 30.0,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        max_dead_letters: int = DEFAULT_DEAD_LETTERS,
     ) -> None:
         limits = (
             max_connections,
@@ -377,6 +389,8 @@ class ServerTransport(Generic[E]):
         self._serve_stop: anyio.Event | None = None
         self._handler_error: Exception | None = None
         self.stats = ServerStats()
+        #: Replies that could not be delivered because their client had gone.
+        self.dead_letters = DeadLetters(max_dead_letters)
 
     @classmethod
     def bind(cls, network: NetworkProvider, address: str, **options: Any) -> ServerTransport[Any]:
@@ -591,6 +605,11 @@ class ServerTransport(Generic[E]):
             return False
         if reply is None:
             return True
+        if not request.expects_reply:
+            # A one-way message: its sender waits for nothing, and a handler written
+            # for requests (an echo, say) must not take the server down over it.
+            log.debug("server %s: handler's answer to a one-way message dropped", self.address)
+            return True
         try:
             self.send_reply(request, reply)
         except (ConnectionFailed, TransportClosed) as exc:
@@ -619,15 +638,11 @@ class ServerTransport(Generic[E]):
             raise ValueError("this request was received by another ServerTransport")
         if not request.expects_reply:
             raise ValueError(f"{request!r} is a one-way message: its sender expects no reply")
-        if connection.closed:
-            raise ConnectionFailed(
-                f"cannot reply to {request.source}: its connection closed before the reply"
-            )
         outbox = connection.outbox
-        if outbox.closed:
-            raise ConnectionFailed(
-                f"cannot reply to {request.source}: its connection closed before the reply"
-            )
+        if connection.closed or outbox.closed:
+            reason = f"cannot reply to {request.source}: its connection closed before the reply"
+            self._dead_replies(request.source, 1, reason)
+            raise ConnectionFailed(reason)
         if outbox.full:
             budget = self._reply_budget
             if budget.used >= budget.limit:
@@ -725,10 +740,12 @@ class ServerTransport(Generic[E]):
                     # Closed now, before the task group and the stream finish closing:
                     # both still let other tasks run, and a reply sent meanwhile must
                     # fail with ConnectionFailed, not try to start a writer there.
-                    connection.shut()
+                    self._dead_replies(
+                        connection.source, connection.shut(), "its connection closed first"
+                    )
                 group.cancel_scope.cancel()
         finally:
-            connection.shut()
+            self._dead_replies(connection.source, connection.shut(), "its connection closed first")
             # Its requests still waiting for the application can never be answered:
             # they go now, with their bytes.
             self._pending.drop(connection.id)
@@ -794,8 +811,16 @@ class ServerTransport(Generic[E]):
                 # Its connection closed meanwhile (say, bad bytes right after this
                 # request): nobody to answer.
                 continue
+            correlation_id = envelope.correlation_id
+            if correlation_id == PING_ID:
+                self._answer_ping(origin, envelope)
+                continue
             self.stats.requests_received += 1
-            expects_reply = not kinded or cast(KindedEnvelope, envelope).expects_reply()
+            expects_reply = (
+                cast(KindedEnvelope, envelope).expects_reply()
+                if kinded
+                else correlation_id != ONE_WAY_ID
+            )
             request = ReceivedEnvelope(envelope, origin.source, origin, self, expects_reply)
             if expects_reply:
                 # Counted before any is handled, so that replies to all but the last
@@ -837,6 +862,23 @@ class ServerTransport(Generic[E]):
             except anyio.ClosedResourceError:
                 return False
         return True
+
+    def _answer_ping(self, connection: _Connection, envelope: E) -> None:
+        """A client's health ping: answered here, at once, never seen by the application."""
+        outbox = connection.outbox
+        if outbox.closed or outbox.full:
+            return  # a client that does not read its replies will miss its pings too
+        self.stats.pings_answered += 1
+        outbox.put(self._protocol.send(envelope.create_reply(b"")), write_now=True)
+        if outbox and connection.writer_done is None:
+            self._start_writer(connection)
+
+    def _dead_replies(self, source: str, count: int, reason: str) -> None:
+        if count:
+            now = anyio.current_time()
+            for _ in range(count):
+                self.dead_letters.record("reply", source, reason, now)
+            self.stats.dead_letters += count
 
     def _is_idle(self, connection: _Connection) -> bool:
         return connection.is_idle(mid_frame=self._protocol.buffered(connection.id) > 0)

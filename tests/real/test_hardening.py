@@ -35,10 +35,12 @@ from moonpool.transport import (
     CheckedEnvelope,
     ClientTransport,
     ConnectionFailed,
+    MaybeDelivered,
     ReceivedEnvelope,
     RequestResponseEnvelope,
     SendQueueFull,
     ServerTransport,
+    TransportTimeout,
 )
 from moonpool.transport._envelope import U32_MAX
 
@@ -486,7 +488,9 @@ async def test_client_transport_survives_a_server_speaking_garbage(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # The mirror image: a "server" answering with garbage makes the client close
-    # that connection (logged) and fail the request, never hang or crash.
+    # that connection (logged) and fail the request, never hang or crash.  An
+    # at-most-once call fails at once; an at-least-once one resends on fresh
+    # connections until its deadline, then says what kept failing.
     with anyio.fail_after(LIMIT):
         async with await RealNetwork().listen("127.0.0.1:0") as listener:
 
@@ -505,11 +509,20 @@ async def test_client_transport_survives_a_server_speaking_garbage(
             async with anyio.create_task_group() as group:
                 group.start_soon(bad_server)
                 async with ClientTransport(RealNetwork()) as client:
-                    for _ in range(2):
+                    for _ in range(2):  # also on the connection made after the first
                         started = time.monotonic()
-                        with pytest.raises(ConnectionFailed):
-                            await client.get_reply(listener.address, b"hi", timeout=3.0)
+                        # MaybeDelivered, not plain ConnectionFailed: the bad server
+                        # read the request before answering garbage, so it was written.
+                        with pytest.raises(MaybeDelivered, match="maximum frame size"):
+                            await client.try_get_reply(listener.address, b"hi", timeout=3.0)
                         assert time.monotonic() - started < 2.0
+                    started = time.monotonic()
+                    with pytest.raises(TransportTimeout) as info:
+                        await client.get_reply(listener.address, b"hi", timeout=0.5)
+                    assert time.monotonic() - started < 2.0
+                    message = str(info.value)
+                    assert "last failure: " in message and "maximum frame size" in message
+                    assert client.stats().retries >= 1, message
                 group.cancel_scope.cancel()
     assert logged(caplog, "maximum frame size")
 
@@ -584,11 +597,12 @@ async def test_frame_timeout_spares_idle_and_busy_connections() -> None:
                 # Then a stream of frames for longer than frame_timeout in total, each
                 # split across writes so a partial frame is buffered at almost every
                 # read: every completed frame restarts the clock.
-                data = b"".join(frame(i, f"busy {i}".encode()) for i in range(25))
+                # Ids from 1: correlation id 0 is ONE_WAY_ID, a message owed no reply.
+                data = b"".join(frame(i, f"busy {i}".encode()) for i in range(1, 26))
                 for start in range(0, len(data), 7):
                     await raw.send(data[start : start + 7])
                     await anyio.sleep(0.01)
-                expected = b"".join(frame(i, f"echo:busy {i}".encode()) for i in range(25))
+                expected = b"".join(frame(i, f"echo:busy {i}".encode()) for i in range(1, 26))
                 reply = b""
                 while len(reply) < len(expected):
                     reply += await raw.receive()
@@ -628,7 +642,8 @@ async def test_a_closed_connection_frees_its_queued_replies_at_once() -> None:
             try:
                 raw = await raw_connect(server.address)
                 # Pipelined requests, never read: replies pile up in the server's queue.
-                await raw.send(b"".join(frame(n, b"give") for n in range(64)))
+                # Ids from 1: correlation id 0 is ONE_WAY_ID, a message owed no reply.
+                await raw.send(b"".join(frame(n, b"give") for n in range(1, 65)))
                 while len(held) < 64:  # noqa: ASYNC110 - polling a counter in a test
                     await anyio.sleep(0.01)
                 await anyio.sleep(0.1)
@@ -677,7 +692,8 @@ async def test_clients_that_never_read_are_bounded_in_bytes(clients: int) -> Non
                 raws = [await raw_connect(server.address) for _ in range(clients)]
                 for raw in raws:
                     with contextlib.suppress(OSError, anyio.BrokenResourceError):
-                        await raw.send(b"".join(frame(n, b"give") for n in range(200)))
+                        # Ids from 1: correlation id 0 is ONE_WAY_ID (owed no reply).
+                        await raw.send(b"".join(frame(n, b"give") for n in range(1, 201)))
                 while server.stats.requests_received < 200 * clients:  # noqa: ASYNC110
                     await anyio.sleep(0.01)
                 await anyio.sleep(0.2)

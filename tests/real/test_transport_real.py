@@ -30,8 +30,10 @@ from moonpool.transport import (
     ClientTransport,
     ConnectionFailed,
     FrameTooLarge,
+    MaybeDelivered,
     ReceivedEnvelope,
     RequestResponseEnvelope,
+    RetryPolicy,
     ServerTransport,
     TransportClosed,
     TransportError,
@@ -302,8 +304,11 @@ async def test_an_oversize_request_fails_fast_and_says_why() -> None:
             ClientTransport(RealNetwork(), max_frame_size=4 * 1024 * 1024) as client,
         ):
             started = time.monotonic()
-            with pytest.raises(ConnectionFailed) as info:
-                await client.get_reply(server.address, b"x" * (2 * 1024 * 1024), timeout=5.0)
+            # At most once, so that the closed connection ends the call (get_reply
+            # would resend it, to be refused again, until its timeout).
+            # MaybeDelivered: the server had read part of it when it hung up.
+            with pytest.raises(MaybeDelivered) as info:
+                await client.try_get_reply(server.address, b"x" * (2 * 1024 * 1024), timeout=5.0)
             assert time.monotonic() - started < 2.0
             message = str(info.value)
             assert not message.rstrip().endswith(":"), f"no reason given: {message!r}"
@@ -362,40 +367,84 @@ async def test_a_late_reply_is_dropped_and_counted() -> None:
 
 
 async def test_server_restart_while_a_request_is_in_flight() -> None:
+    """A server goes away while a request is in flight.  try_get_reply (at most
+    once) fails fast with MaybeDelivered, and with plain ConnectionFailed while
+    nobody listens; get_reply (at least once) resends the same request, same
+    request_id, to the server restarted on that address, which answers it."""
     network = RealNetwork()
+    seen: list[tuple[str, int, bytes]] = []  # (which server, request_id, payload)
     received = anyio.Event()
 
-    async def swallow(server: ServerTransport[Any], request: ReceivedEnvelope[Any]) -> None:
-        received.set()
+    def swallow(name: str) -> Handler:
+        async def handler(server: ServerTransport[Any], request: ReceivedEnvelope[Any]) -> None:
+            seen.append((name, request.request_id, request.payload))
+            received.set()  # and never answer
+
+        return handler
+
+    async def record_and_echo(server: ServerTransport[Any], request: ReceivedEnvelope[Any]) -> None:
+        seen.append(("restarted", request.request_id, request.payload))
+        await echo(server, request)
 
     with anyio.fail_after(LIMIT):
-        async with ClientTransport(network) as client:
-            async with serving(swallow) as first:
+        async with ClientTransport(network) as client, anyio.create_task_group() as group:
+            # At most once: the request was read, then the server closed.
+            async with serving(swallow("first")) as first:
                 address = first.address
 
-                async def restart_when_received() -> None:
+                async def close_when_received(server: ServerTransport[Any]) -> None:
                     await received.wait()
-                    await first.aclose()
+                    await server.aclose()
 
-                async with anyio.create_task_group() as group:
-                    group.start_soon(restart_when_received)
-                    started = time.monotonic()
-                    with pytest.raises((ConnectionFailed, TransportTimeout)):
-                        await client.get_reply(address, b"doomed", timeout=3.0)
-                    # The connection broke; the client need not wait out its timeout.
-                    assert time.monotonic() - started < 2.0
+                group.start_soon(close_when_received, first)
+                started = time.monotonic()
+                with pytest.raises(MaybeDelivered):  # it was written: maybe executed
+                    await client.try_get_reply(address, b"doomed", timeout=3.0)
+                # The connection broke; the client need not wait out its timeout.
+                assert time.monotonic() - started < 2.0
+                assert [payload for _, _, payload in seen] == [b"doomed"]
 
-            # Nobody listens now: fail fast, no hang.
-            with pytest.raises(ConnectionFailed):
-                await client.get_reply(address, b"anyone?", timeout=3.0)
+            # Nobody listens now: fail fast, no hang, and say it never left.
+            started = time.monotonic()
+            with pytest.raises(ConnectionFailed, match="never sent") as info:
+                await client.try_get_reply(address, b"anyone?", timeout=3.0)
+            assert not isinstance(info.value, MaybeDelivered)
+            assert time.monotonic() - started < 2.0
 
-            # A new server on the same port: the same client reconnects by itself.
-            async with serving(address=address) as second:
+            # At least once: the server goes away with the request in flight and
+            # comes back on the same port; the resent request is answered there.
+            seen.clear()
+            received = anyio.Event()
+            replies: list[bytes] = []
+
+            async def call() -> None:
+                replies.append(await client.get_reply(address, b"resent", timeout=5.0))
+
+            async with serving(swallow("doomed"), address=address) as doomed:
+                group.start_soon(call)
+                await received.wait()
+                await doomed.aclose()
+            started = time.monotonic()
+            async with serving(record_and_echo, address=address) as second:
                 assert second.address == address
+                while not replies:  # noqa: ASYNC110 - the call's task appends it
+                    await anyio.sleep(0.01)
+                assert time.monotonic() - started < 3.0
+                assert replies == [b"echo:resent"]
+                # Resent as the same request: the request_id a server deduplicates by.
+                request_id = seen[0][1]
+                assert seen == [
+                    ("doomed", request_id, b"resent"),
+                    ("restarted", request_id, b"resent"),
+                ]
+                assert client.stats().retries >= 1
+
+                # The same client keeps using the connection it reconnected with.
                 for i in range(5):
                     reply = await client.get_reply(address, f"again {i}".encode(), timeout=3.0)
                     assert reply == f"echo:again {i}".encode()
                 assert second.stats.connections_accepted == 1
+                assert second.stats.requests_received == 6
 
 
 async def test_connection_refused_fails_fast() -> None:
@@ -404,10 +453,27 @@ async def test_connection_refused_fails_fast() -> None:
         async with ClientTransport(RealNetwork()) as client:
             for _ in range(3):  # also after the first failure (reconnect backoff)
                 started = time.monotonic()
-                with pytest.raises(ConnectionFailed) as info:
-                    await client.get_reply(address, b"ping", timeout=5.0)
+                # At most once: plain ConnectionFailed, not MaybeDelivered -- a
+                # request whose connection was never made provably never left.
+                with pytest.raises(ConnectionFailed, match="never sent") as info:
+                    await client.try_get_reply(address, b"ping", timeout=5.0)
+                assert not isinstance(info.value, MaybeDelivered)
                 assert time.monotonic() - started < 1.0
                 assert address in str(info.value)
+            # At least once (the default policy): connects are retried until the
+            # deadline, and the timeout says what kept failing.
+            started = time.monotonic()
+            with pytest.raises(TransportTimeout, match="last failure: cannot connect") as timed:
+                await client.get_reply(address, b"ping", timeout=0.3)
+            assert 0.3 <= time.monotonic() - started < 1.0
+            assert address in str(timed.value)
+        # An explicit attempt limit makes get_reply itself fail fast.
+        async with ClientTransport(RealNetwork(), retry=RetryPolicy(max_attempts=1)) as client:
+            started = time.monotonic()
+            with pytest.raises(ConnectionFailed) as info:
+                await client.get_reply(address, b"ping", timeout=5.0)
+            assert time.monotonic() - started < 1.0
+            assert address in str(info.value)
 
 
 async def test_use_after_close_raises_transport_closed() -> None:
@@ -533,7 +599,17 @@ async def test_envelope_mismatch_fails_fast_instead_of_hanging() -> None:
             ClientTransport(RealNetwork()) as client,
         ):
             started = time.monotonic()
-            with pytest.raises(ConnectionFailed):
-                await client.get_reply(server.address, b"x" * 64, timeout=5.0)
+            # At most once, so that one closed connection ends the call; the
+            # server read the request before closing, hence MaybeDelivered.
+            with pytest.raises(MaybeDelivered):
+                await client.try_get_reply(server.address, b"x" * 64, timeout=5.0)
             assert time.monotonic() - started < 2.0
             assert server.stats.connections_closed_for_bad_input == 1
+            # At least once: resent on new connections, each closed the same way,
+            # until the deadline; the timeout then names the last failure.
+            started = time.monotonic()
+            with pytest.raises(TransportTimeout, match="last failure: ") as info:
+                await client.get_reply(server.address, b"x" * 64, timeout=0.5)
+            assert time.monotonic() - started < 2.0
+            assert server.address in str(info.value).partition("last failure: ")[2]
+            assert server.stats.connections_closed_for_bad_input >= 2

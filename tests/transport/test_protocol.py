@@ -269,7 +269,7 @@ def test_cancelled_before_sending_is_never_sent() -> None:
 
 
 def test_connection_lost_fails_in_flight_requests_to_that_destination_only() -> None:
-    proto = TransportProtocol(RequestResponseEnvelope)
+    proto = TransportProtocol(RequestResponseEnvelope, retry=RetryPolicy(max_attempts=1))
     a = proto.start_request(SERVER, b"", now=0.0, timeout=5.0)
     b = proto.start_request(OTHER, b"", now=0.0, timeout=5.0)
     drain_transmits(proto)
@@ -286,7 +286,7 @@ def test_connection_lost_fails_in_flight_requests_to_that_destination_only() -> 
 def test_connection_lost_requeues_requests_the_driver_never_wrote() -> None:
     """Frames still queued in the driver when the connection broke never reached
     the remote: they go out again as the same attempt, and do not fail."""
-    proto = TransportProtocol(RequestResponseEnvelope)  # max_attempts=1: no retries
+    proto = TransportProtocol(RequestResponseEnvelope, retry=RetryPolicy(max_attempts=1))
     written = proto.start_request(SERVER, b"on the wire", now=0.0, timeout=5.0)
     queued_a = proto.start_request(SERVER, b"queued a", now=0.0, timeout=5.0)
     queued_b = proto.start_request(SERVER, b"queued b", now=0.0, timeout=5.0)
@@ -397,10 +397,14 @@ def test_no_retry_when_backoff_would_pass_the_deadline() -> None:
     proto = TransportProtocol(RequestResponseEnvelope, retry=policy)
     proto.start_request(SERVER, b"", now=0.0, timeout=1.5)
     drain_transmits(proto)
-    proto.connection_lost(SERVER, now=0.9)  # retry would be at 1.9 > deadline 1.5
+    proto.connection_lost(SERVER, now=0.9, reason="reset")  # a retry at 1.9 > deadline 1.5
+    assert drain_completions(proto) == []  # no retry: it waits out its deadline
+    assert proto.poll_timeout() == 1.5
+    proto.handle_timeout(1.5)
+    assert drain_transmits(proto) == []
     [completion] = drain_completions(proto)
-    assert isinstance(completion.error, ConnectionFailed)
-    assert "no time left to retry within the 1.5s timeout" in str(completion.error)
+    assert isinstance(completion.error, TransportTimeout)
+    assert "after 1 attempt; last failure: reset" in str(completion.error)
 
 
 def test_second_loss_while_waiting_for_retry_does_not_burn_an_attempt() -> None:

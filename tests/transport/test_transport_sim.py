@@ -30,6 +30,8 @@ from moonpool.transport import (
     ClientTransport,
     ConnectionFailed,
     FrameDecoder,
+    MaybeDelivered,
+    Peer,
     PeerConfig,
     RequestResponseEnvelope,
     RetryPolicy,
@@ -69,11 +71,31 @@ async def test_get_reply_times_out_when_server_never_answers(autojump_clock: obj
 
 @pytest.mark.trio
 async def test_connection_refused_is_connection_failed_fast(autojump_clock: object) -> None:
+    """At most once: a request that never left fails at once, and says it never left."""
     async with ClientTransport(calm()) as client:
         started = trio.current_time()
-        with pytest.raises(ConnectionFailed, match="nothing listens there"):
-            await client.get_reply("nobody:1", b"x", timeout=30)
+        with pytest.raises(ConnectionFailed, match=r"never sent.*nothing listens there") as info:
+            await client.try_get_reply("nobody:1", b"x", timeout=30)
+        assert not isinstance(info.value, MaybeDelivered)
         assert trio.current_time() - started < 1.0
+
+
+@pytest.mark.trio
+async def test_get_reply_keeps_trying_a_refused_connection_until_its_deadline(
+    autojump_clock: object,
+) -> None:
+    """At least once: connection refused is retried (with backoff) until the timeout,
+    whose error names the last failure."""
+    async with ClientTransport(calm()) as client:
+        started = trio.current_time()
+        with pytest.raises(TransportTimeout, match=r"last failure: .*nothing listens there"):
+            await client.get_reply("nobody:1", b"x", timeout=3)
+        assert trio.current_time() - started == pytest.approx(3.0)
+        assert client.failure_monitor.is_failed("nobody:1")
+        [peer] = client_peers(client)
+        assert isinstance(peer, Peer)
+        assert peer.stats.connect_failures >= 5  # retried, with backoff
+        assert client.pending == 0 and peer.queued == 0  # nothing left behind
 
 
 @pytest.mark.trio
@@ -254,8 +276,9 @@ async def test_requests_queued_behind_a_broken_connection_go_out_on_the_next(
     network = calm()
     serializer = RequestResponseEnvelope.serializer()
     results: dict[str, bytes | TransportError] = {}
+    once = RetryPolicy(max_attempts=1)
     async with await network.for_host("server").listen(SERVER) as listener:
-        async with ClientTransport(network) as client, trio.open_nursery() as nursery:
+        async with ClientTransport(network, retry=once) as client, trio.open_nursery() as nursery:
 
             async def call(name: str, payload: bytes) -> None:
                 try:
@@ -308,7 +331,11 @@ async def test_a_server_that_hangs_up_at_once_fails_queued_requests_promptly(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(hang_up)
-            async with ClientTransport(network) as client, trio.open_nursery() as callers:
+            once = RetryPolicy(max_attempts=1)
+            async with (
+                ClientTransport(network, retry=once) as client,
+                trio.open_nursery() as callers,
+            ):
 
                 async def call(n: int) -> None:
                     try:
@@ -423,7 +450,8 @@ async def checked_client(ctx: WorkloadContext) -> None:
                     continue
             always(reply == b"ack:" + payload, "a checksummed reply is never corrupted")
         stats = client.stats()
-        sometimes(stats.connection_failures > 0, "corruption broke a connection")
+        # get_reply is at least once: a connection broken by corruption is resent.
+        sometimes(stats.retries > 0, "corruption broke a connection and a request was resent")
 
 
 def test_checked_envelope_survives_bit_flips() -> None:
@@ -549,7 +577,10 @@ def _idle_simulation(**server_options: object) -> tuple[int, int]:
 
     async def pausing_client(ctx: WorkloadContext) -> None:
         nonlocal answered
-        async with ClientTransport(ctx.network) as client:
+        # No health pings: they would keep the connection busy (pings are
+        # traffic to the server, as they should be).
+        quiet = PeerConfig(ping_interval=None)
+        async with ClientTransport(ctx.network, peer_config=quiet) as client:
             for n in range(2):
                 with contextlib.suppress(TransportError):
                     reply = await client.get_reply(ctx.peers["server"], b"%d" % n, timeout=5.0)
