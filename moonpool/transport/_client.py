@@ -337,8 +337,10 @@ class ClientTransport:
                 with anyio.move_on_at(monitor.deadline_for(destination, failed_for)):
                     await monitor.on_state_change(destination)
                     continue
-                since = monitor.failed_since(destination)
-                if since is not None and anyio.current_time() - since >= failed_for:
+                # The deadline itself, not ``now - since >= failed_for``: woken at
+                # since + failed_for, that difference can fall an ulp short, and
+                # the loop then spun at that instant (found by the simulation).
+                if anyio.current_time() >= monitor.deadline_for(destination, failed_for):
                     failed.append(
                         PeerFailed(
                             f"{destination} has been failed for {failed_for}s or more "
@@ -375,6 +377,7 @@ class ClientTransport:
         *,
         at_most_once: bool,
     ) -> bytes:
+        breaker: CircuitBreaker | None = None
         try:
             if self._state != "open":
                 raise self._not_open()  # noqa: TRY301 - the except below adds a checkpoint
@@ -392,15 +395,16 @@ class ClientTransport:
                 peer = driver.get_or_create_peer(destination)
             loop = self._loop
             assert loop is not None
-            breaker = driver.breaker(destination) if self._circuits else None
-            if breaker is not None and not breaker.allow(loop.now()):
+            circuit = driver.breaker(destination) if self._circuits else None
+            if circuit is not None and not circuit.allow(loop.now()):
                 driver.protocol.stats.circuit_rejections += 1
                 raise CircuitOpen(  # noqa: TRY301
-                    f"circuit to {destination} is open after {breaker.failures} failures in a "
-                    f"row (PeerConfig.circuit_threshold={breaker.threshold}); failing at once, "
+                    f"circuit to {destination} is open after {circuit.failures} failures in a "
+                    f"row (PeerConfig.circuit_threshold={circuit.threshold}); failing at once, "
                     f"without touching the network; a probe goes through in "
-                    f"{breaker.retry_in(loop.now()):.3g}s"
+                    f"{circuit.retry_in(loop.now()):.3g}s"
                 )
+            breaker = circuit  # allowed: if it is the probe, its outcome decides
             if peer.full:
                 # Backpressure: a burst larger than the peer's queue waits for room,
                 # within the call's timeout, instead of failing a healthy remote.
@@ -419,6 +423,8 @@ class ClientTransport:
                 at_most_once=at_most_once,
             )
         except BaseException:
+            if breaker is not None:
+                breaker.probe_abandoned()  # if it was the probe, let another through
             # Every public async call is a checkpoint, also when it raises (trio's
             # rule): a retry loop around a call that fails at once must still let
             # other tasks -- the writer that would make room, say -- run.

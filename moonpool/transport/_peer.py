@@ -52,7 +52,9 @@ class PeerConfig:
     for room within its timeout, then fails with ``SendQueueFull``, rather than
     let the queue grow without end.
     Reconnect delays double from ``reconnect_initial`` up to ``reconnect_max``,
-    each shortened by up to ``reconnect_jitter`` of itself.
+    each shortened by up to ``reconnect_jitter`` of itself: by default 1, "full
+    jitter" (uniform up to the cap), so that clients that lost one server spread
+    out instead of coming back in waves.
     ``receive_size`` caps each read where the transport reads with ``receive()``
     (trio, simulations); asyncio streams push whatever the loop read (up to
     256 KiB) and ignore it.  ``frame_timeout`` mirrors the server's: a remote
@@ -77,7 +79,7 @@ class PeerConfig:
     connect_timeout: float = 5.0
     reconnect_initial: float = 0.02
     reconnect_max: float = 2.0
-    reconnect_jitter: float = 0.5
+    reconnect_jitter: float = 1.0
     receive_size: int = 65536
     frame_timeout: float | None = 30.0
     ping_interval: float | None = 1.0
@@ -233,6 +235,12 @@ class Peer:
         return self._connected
 
     @property
+    def consecutive_failures(self) -> int:
+        """Connects (or connections without a good answer) failed in a row: the
+        backoff's exponent; 0 again after a good exchange."""
+        return self._failures
+
+    @property
     def generation(self) -> int:
         """How many connections this peer has made (the current one's number)."""
         return self._generation
@@ -382,6 +390,7 @@ class Peer:
                 self.stats.bytes_received += len(data)
                 self._on_data(data)
                 self._answered = True  # and its bytes made sense
+                self._failures = 0  # a good exchange resets the backoff
                 if frame_timeout is not None and buffered is not None:
                     partial = buffered() > 0
                     if partial != (half_frame.deadline < math.inf):
@@ -456,6 +465,10 @@ class Peer:
                 heard, missed, ping_out = stats.bytes_received, 0, False
                 continue
             if idle_timeout is not None and now - busy_at >= idle_timeout:
+                # From here on, a request arriving before the close lands stays
+                # queued (no fast-path write onto a closing connection) and goes
+                # out on the next one: the idle close must not lose it.
+                self._queue.sender = None
                 self._idle = True
                 stats.idle_closes += 1
                 log.debug("peer %s: closing the connection, idle %ss", self.address, idle_timeout)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import random
+import statistics
 from collections.abc import Awaitable
 
 import anyio
@@ -577,3 +579,120 @@ async def test_a_one_way_message_to_a_serve_handler_does_not_take_the_server_dow
                 assert server.stats.requests_received == 2
                 assert server.stats.replies_sent == 1
             nursery.cancel_scope.cancel()
+
+
+# -- reconnect backoff ----------------------------------------------------------------
+
+
+def test_reconnect_delay_is_exponential_with_full_jitter() -> None:
+    config = PeerConfig()
+    assert config.reconnect_delay(0, random.Random(1)) == 0.0
+    for failures in range(1, 12):
+        base = min(config.reconnect_max, config.reconnect_initial * 2 ** (failures - 1))
+        rng = random.Random(failures)
+        delays = [config.reconnect_delay(failures, rng) for _ in range(2000)]
+        assert all(0 < delay <= base for delay in delays)
+        # Full jitter: spread over the whole of (0, base], not bunched near it.
+        assert min(delays) < 0.05 * base and max(delays) > 0.95 * base
+        assert statistics.mean(delays) == pytest.approx(base / 2, rel=0.1)
+    # Drawn from the transport's stream: the same seed, the same delays.
+    assert [config.reconnect_delay(5, random.Random(7)) for _ in range(3)] == [
+        config.reconnect_delay(5, random.Random(7)) for _ in range(3)
+    ]
+
+
+@pytest.mark.trio
+async def test_reconnect_backoff_grows_while_failing_and_resets_after_a_good_exchange(
+    autojump_clock: object,
+) -> None:
+    network = calm()
+    async with ClientTransport(network) as client, trio.open_nursery() as nursery:
+        with pytest.raises(TransportTimeout):
+            await client.get_reply(SERVER, b"x", timeout=8)
+        [peer] = peers(client)
+        failures = peer.stats.connect_failures
+        # Doubling from 20 ms to the 2 s cap: about a dozen tries in 8 s, not hundreds.
+        assert 6 <= failures <= 40
+        assert peer.consecutive_failures == failures
+
+        async def server() -> None:
+            async with ServerTransport.bind(network.for_host("server"), SERVER) as s:
+                await recording_server(s, [])
+
+        nursery.start_soon(server)
+        assert await client.get_reply(SERVER, b"x", timeout=10) == b"re:x"
+        assert peer.consecutive_failures == 0  # a good exchange resets the backoff
+        nursery.cancel_scope.cancel()
+
+
+# -- a crashed server, as the failure monitor sees it, under chaos ---------------------
+
+
+async def echo_process(ctx: ProcessContext) -> None:
+    async with ServerTransport.bind(ctx.network, ctx.address) as server:
+        async with anyio.create_task_group() as group:
+
+            async def stop() -> None:
+                await ctx.shutdown.wait()
+                await server.aclose()
+
+            group.start_soon(stop)
+            await recording_server(server, [])
+
+
+PINGS = PeerConfig(ping_interval=0.5, ping_timeout=0.5, ping_max_missed=2)
+#: Silence before a ping, then each unanswered ping, plus one tick of phase.
+DETECTION = 0.5 + 2 * 0.5 + 0.5
+
+
+async def until_answered(client: ClientTransport, server: str) -> bytes:
+    while True:
+        with contextlib.suppress(TransportError):
+            return await client.get_reply(server, b"hello", timeout=5.0)
+        await anyio.sleep(0.1)
+
+
+class CrashWatcher:
+    async def run(self, ctx: WorkloadContext) -> None:
+        server = ctx.peers["server"]
+        async with ClientTransport(ctx.network, peer_config=PINGS) as client:
+            monitor = client.failure_monitor
+            with anyio.fail_after(120):
+                await until_answered(client, server)
+            await anyio.sleep(ctx.random.uniform(0.0, 2.0))  # idle: pinged
+            # Kept down.  A crash resets its connections, so this is seen at once;
+            # the pings are for silent failures (see the isolated-server test).
+            for _ in range(600):
+                if await ctx.kill("server", "crash"):
+                    break
+                await anyio.sleep(0.1)  # attrition had it down already: not "kept down"
+            else:
+                raise AssertionError("the server never came back up to be killed")
+            with anyio.fail_after(DETECTION):
+                while not monitor.is_failed(server):
+                    await monitor.on_state_change(server)
+            failed = False
+            try:
+                await client.get_reply_unless_failed_for(server, b"x", failed_for=2.0, timeout=60)
+            except PeerFailed:
+                failed = True
+            always(failed, "a server killed and kept down ends in PeerFailed")
+            await ctx.restart("server")
+            with anyio.fail_after(120):
+                await until_answered(client, server)
+            always(not monitor.is_failed(server), "a restarted server is available again")
+
+
+def test_a_crashed_server_is_seen_failed_and_available_after_its_restart() -> None:
+    report = (
+        SimulationBuilder()
+        .enable_buggify()
+        .set_chaos(ChaosConfig.default())
+        .set_attrition(Attrition(max_dead=1, interval=5.0))
+        .register_process("server", echo_process)
+        .register_workload("client", CrashWatcher)
+        .set_iteration_control(FixedCount(40))
+        .run()
+    )
+    report.assert_success()
+    assert report.kills is not None and report.kills["server"] >= 40
