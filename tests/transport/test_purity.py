@@ -23,6 +23,7 @@ PURE_MODULES = [
     "moonpool.transport._checked_envelope",
     "moonpool.transport._framing",
     "moonpool.transport._protocol",
+    "moonpool.transport._circuit",
 ]
 ASYNC_LIBRARIES = ("trio", "anyio", "asyncio", "sniffio")
 # Anything that reads a clock, sleeps, or does I/O.
