@@ -154,9 +154,10 @@ class ClientTransport:
             return
         was_open = self._state == "open"
         self._state = "closed"
+        now = self._loop.now() if self._loop is not None else 0.0
         for driver in self._drivers.values():
+            driver.dead_letters_at_close(now)
             if driver.protocol.pending_count:
-                now = self._loop.now() if self._loop is not None else 0.0
                 for destination, count in driver.protocol.pending_by_destination().items():
                     for _ in range(count):
                         self.dead_letters.record(
@@ -324,23 +325,30 @@ class ClientTransport:
 
         Keeps retrying (at least once, as :meth:`get_reply`) while the
         :attr:`failure_monitor` has not seen ``destination`` failed continuously
-        for ``failed_for`` seconds; then raises :class:`PeerFailed`.  A
+        for ``failed_for`` seconds of this call; then raises :class:`PeerFailed`.  A
         destination that fails and comes back within ``failed_for`` does not end
         the call.  ``timeout`` still bounds it (default: the transport's).
         """
         _check_timeout(failed_for)
         monitor = self.failure_monitor
         failed: list[PeerFailed] = []
+        started = anyio.current_time()
+
+        def deadline() -> float:
+            # Failed for that long *during this call*: the transport does not watch
+            # an address nobody calls, so an older failure may be stale news.
+            since = monitor.failed_since(destination)
+            return math.inf if since is None else max(since, started) + failed_for
 
         async def watch(call: anyio.CancelScope) -> None:
             while True:
-                with anyio.move_on_at(monitor.deadline_for(destination, failed_for)):
+                with anyio.move_on_at(deadline()):
                     await monitor.on_state_change(destination)
                     continue
                 # The deadline itself, not ``now - since >= failed_for``: woken at
                 # since + failed_for, that difference can fall an ulp short, and
                 # the loop then spun at that instant (found by the simulation).
-                if anyio.current_time() >= monitor.deadline_for(destination, failed_for):
+                if anyio.current_time() >= deadline():
                     failed.append(
                         PeerFailed(
                             f"{destination} has been failed for {failed_for}s or more "
@@ -378,6 +386,7 @@ class ClientTransport:
         at_most_once: bool,
     ) -> bytes:
         breaker: CircuitBreaker | None = None
+        probe = False
         try:
             if self._state != "open":
                 raise self._not_open()  # noqa: TRY301 - the except below adds a checkpoint
@@ -396,7 +405,8 @@ class ClientTransport:
             loop = self._loop
             assert loop is not None
             circuit = driver.breaker(destination) if self._circuits else None
-            if circuit is not None and not circuit.allow(loop.now()):
+            admitted = None if circuit is None else circuit.admit(loop.now())
+            if circuit is not None and admitted is None:
                 driver.protocol.stats.circuit_rejections += 1
                 raise CircuitOpen(  # noqa: TRY301
                     f"circuit to {destination} is open after {circuit.failures} failures in a "
@@ -404,7 +414,7 @@ class ClientTransport:
                     f"without touching the network; a probe goes through in "
                     f"{circuit.retry_in(loop.now()):.3g}s"
                 )
-            breaker = circuit  # allowed: if it is the probe, its outcome decides
+            breaker, probe = circuit, bool(admitted)  # the probe's outcome decides
             if peer.full:
                 # Backpressure: a burst larger than the peer's queue waits for room,
                 # within the call's timeout, instead of failing a healthy remote.
@@ -423,8 +433,8 @@ class ClientTransport:
                 at_most_once=at_most_once,
             )
         except BaseException:
-            if breaker is not None:
-                breaker.probe_abandoned()  # if it was the probe, let another through
+            if breaker is not None and probe:
+                breaker.probe_abandoned()  # let another probe through
             # Every public async call is a checkpoint, also when it raises (trio's
             # rule): a retry loop around a call that fails at once must still let
             # other tasks -- the writer that would make room, say -- run.
@@ -441,7 +451,7 @@ class ClientTransport:
             assert completion is not None
             if breaker is not None:
                 if isinstance(completion.error, TransportTimeout | ConnectionFailed):
-                    breaker.record_failure(loop.now())
+                    breaker.record_failure(loop.now(), probe=probe)
                 else:
                     breaker.record_success()
             return completion.unwrap()
@@ -451,7 +461,7 @@ class ClientTransport:
                 # Timed out or cancelled: a reply arriving later is dropped and
                 # counted, and a frame still queued is dropped unwritten.
                 driver.cancel(destination, correlation_id)
-                if breaker is not None:
+                if breaker is not None and probe:
                     breaker.probe_abandoned()
 
     # -- what the transport knows of its remotes ---------------------------------------

@@ -26,7 +26,7 @@ import anyio
 import anyio.abc
 
 from moonpool.net import NetworkProvider
-from moonpool.transport._circuit import CircuitBreaker
+from moonpool.transport._circuit import CircuitBreaker, CircuitState
 from moonpool.transport._dead_letters import DeadLetters
 from moonpool.transport._envelope import Envelope
 from moonpool.transport._errors import SendQueueFull, TransportClosed
@@ -103,6 +103,7 @@ class TransportDriver(Generic[E]):
         self._ping_frame = protocol.ping()
         self._uses = 0
         self._next_one_way = -1
+        self._scopes: dict[Peer, anyio.CancelScope] = {}
         task_group.start_soon(self._run_timers, name="moonpool transport timers")
 
     @property
@@ -119,14 +120,13 @@ class TransportDriver(Generic[E]):
             if len(self._peers) >= self.peer_config.max_peers:
                 self._evict_least_recently_used()
             protocol = self.protocol
-            peer = Peer(
+            created: Peer  # the callbacks name their own peer: see _current()
+            created = peer = Peer(
                 self._network,
                 destination,
                 on_data=lambda data: self._received(destination, data),
-                on_lost=lambda reason, unsent, connected: self._lost(
-                    destination, reason, unsent, connected
-                ),
-                on_connected=lambda: self.failure_monitor.report_available(destination),
+                on_lost=lambda reason, unsent, connected: self._lost(created, reason, unsent),
+                on_connected=lambda: self._connected(created),
                 config=self.peer_config,
                 rng=self._rng,
                 buffered=lambda: protocol.buffered(destination),
@@ -147,16 +147,51 @@ class TransportDriver(Generic[E]):
         self.peers_evicted += 1
         log.debug("closing idle peer %s: at max_peers=%d", victim.address, len(self._peers))
         victim.close()
-        del self._peers[victim.address]
+        # Stopped now, not at its next wait: a connect it is stuck in would
+        # otherwise fail later and be taken for the destination's new peer's.
+        scope = self._scopes.pop(victim, None)
+        if scope is not None:
+            scope.cancel()
+        self._release(victim.address)
 
     async def _run_peer(self, peer: Peer) -> None:
-        try:
-            await peer.run()
-        finally:
-            if self._peers.get(peer.address) is peer:
-                del self._peers[peer.address]
-                if not self.failure_monitor.is_failed(peer.address):
-                    self.failure_monitor.forget(peer.address)
+        with anyio.CancelScope() as scope:
+            self._scopes[peer] = scope
+            try:
+                await peer.run()
+            finally:
+                self._scopes.pop(peer, None)
+                if self._peers.get(peer.address) is peer:
+                    self._release(peer.address)
+
+    def _release(self, destination: str) -> None:
+        """The destination has no peer any more: keep nothing of it that can grow.
+
+        Its failure state goes too: without a peer nothing watches it, and a
+        failure remembered for hours would fail a later call at once.
+        """
+        self._peers.pop(destination, None)
+        self.failure_monitor.forget(destination)
+        breaker = self.breakers.get(destination)
+        if breaker is not None and breaker.state is CircuitState.CLOSED:
+            del self.breakers[destination]
+        if not self.protocol.pending_count_to(destination):
+            self.protocol.forget_destination(destination)
+
+    def _current(self, peer: Peer) -> bool:
+        return self._peers.get(peer.address) is peer
+
+    def _connected(self, peer: Peer) -> None:
+        if self._current(peer):
+            self.failure_monitor.report_available(peer.address)
+
+    def dead_letters_at_close(self, now: float) -> None:
+        """The transport is closing: its one-way messages still queued are dead letters."""
+        for peer in self._peers.values():
+            for _ in range(peer.queued_one_way()):
+                self.dead_letters.record(
+                    "one-way", peer.address, "abandoned: the transport closed", now
+                )
 
     def send_one_way(self, destination: str, frame: bytes) -> None:
         """Queue a one-way frame; one that cannot be queued becomes a dead letter."""
@@ -225,8 +260,11 @@ class TransportDriver(Generic[E]):
         self.protocol.handle_received(destination, data)
         self._dispatch_completions()
 
-    def _lost(self, destination: str, reason: str, unsent: list[int], connected: bool) -> None:
+    def _lost(self, peer: Peer, reason: str, unsent: list[int]) -> None:
+        destination = peer.address
         now = anyio.current_time()
+        if not self._current(peer):
+            return  # an evicted peer's: its destination has moved on
         self.failure_monitor.report_failure(destination, now, reason)
         for tag in unsent:
             if tag < 0:

@@ -12,7 +12,6 @@ with it yet.  The monitor holds no I/O of its own; peers report to it.
 
 from __future__ import annotations
 
-import math
 from typing import final
 
 import anyio
@@ -94,10 +93,11 @@ class FailureMonitor:
             self._changed(state)
 
     def forget(self, address: str) -> None:
-        """Drop what is known of ``address`` unless someone waits on it (bounded memory)."""
-        state = self._states.get(address)
-        if state is not None and state.changed is None:
-            del self._states[address]
+        """Drop what is known of ``address`` (bounded memory): it is unknown again,
+        hence not failed, and whoever waits on it is woken, as for any change."""
+        state = self._states.pop(address, None)
+        if state is not None:
+            self._changed(state)
 
     def _state(self, address: str) -> _State:
         state = self._states.get(address)
@@ -110,8 +110,3 @@ class FailureMonitor:
         changed, state.changed = state.changed, None
         if changed is not None:
             changed.set()
-
-    def deadline_for(self, address: str, failed_for: float) -> float:
-        """When ``address`` will have been failed for ``failed_for`` (inf if it is not failed)."""
-        since = self.failed_since(address)
-        return math.inf if since is None else since + failed_for

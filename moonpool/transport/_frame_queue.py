@@ -58,11 +58,14 @@ class FrameQueue:
     """
 
     __slots__ = (
+        "_batch",
         "_bytes",
         "_closed",
         "_fragment",
+        "_fragment_tag",
         "_frames",
         "_in_flight",
+        "_in_flight_batch",
         "_room",
         "_waiter",
         "budget",
@@ -105,9 +108,16 @@ class FrameQueue:
         self._in_flight = 0
         # (frame, the caller's tag: a request's correlation id, see unsent_tags())
         self._frames: deque[tuple[bytes, int | None]] = deque()
-        # The unwritten tail of a batch the fast path could only partly write: it
-        # is already half on the wire, so it goes before any frame.
+        # The unwritten tail of the one frame a short write cut in two: it is
+        # already half on the wire, so it goes before any frame; and its tag.
         self._fragment: tuple[bytes, int] | None = None
+        self._fragment_tag: int | None = None
+        # The (frame, tag) items of the last write taken (see _next_write), and
+        # of the write in progress in the writer task, if any.
+        self._batch: tuple[tuple[bytes, int | None], ...] | list[tuple[bytes, int | None]] = ()
+        self._in_flight_batch: (
+            tuple[tuple[bytes, int | None], ...] | list[tuple[bytes, int | None]]
+        ) = ()
         self._waiter: anyio.Event | None = None
         # Set when a full queue gets room again (see wait_room).
         self._room: anyio.Event | None = None
@@ -199,13 +209,48 @@ class FrameQueue:
             data, count = self._next_write()
             sent = send(data)
             self._taken(sent)  # what the kernel did not take stays counted
-            if sent and self.on_sent is not None:
-                self.on_sent(count, sent)
             if sent < len(data):
-                # Frames are counted once, with their first byte on the wire.
-                self._fragment = (data[sent:], 0 if sent else count)
+                count = self._cut(self._batch, sent, count)
+                if sent and self.on_sent is not None:
+                    self.on_sent(count, sent)
                 self._wake()
                 return
+            if self.on_sent is not None:
+                self.on_sent(count, sent)
+
+    def _cut(
+        self,
+        batch: tuple[tuple[bytes, int | None], ...] | list[tuple[bytes, int | None]],
+        sent: int,
+        count: int,
+    ) -> int:
+        """A short write took ``sent`` bytes of ``batch``: keep the cut frame's rest as
+        the fragment and put the frames no byte of which left back at the head.
+        Returns how many frames began (each is counted with its first byte).
+
+        Only the cut frame must finish on this connection; the others can still be
+        dropped if their request ends first (see :meth:`purge`).
+        """
+        offset = 0
+        for index, (frame, tag) in enumerate(batch):
+            end = offset + len(frame)
+            if sent < end:
+                if sent > offset or count == 0:  # count 0: a fragment's rest, cut again
+                    self._fragment = (frame[sent - offset :], 0)
+                    self._fragment_tag = tag
+                    rest = batch[index + 1 :]
+                    began = index + (count != 0)
+                else:
+                    rest = batch[index:]
+                    began = index
+                self._frames.extendleft(reversed(rest))
+                return began if count else 0
+            offset = end
+        return count
+
+    def one_way_count(self) -> int:
+        """Queued one-way messages (negative tags) no write has started on."""
+        return sum(1 for _, tag in self._frames if tag is not None and tag < 0)
 
     def unsent_tags(self) -> list[int]:
         """Tags of the queued frames no write has started on, oldest first.
@@ -217,11 +262,28 @@ class FrameQueue:
         """
         return [tag for _, tag in self._frames if tag is not None]
 
+    def started_dead(self) -> bool:
+        """Whether a frame whose write has begun (the writer's write in progress, or
+        the fragment of a cut one) belongs to a request no longer :attr:`live`.
+
+        Its bytes cannot be taken back: the owner closes the connection instead,
+        so that the rest is never written after its call has ended.
+        """
+        live = self.live
+        if live is None:
+            return False
+        tag = self._fragment_tag
+        if self._fragment is not None and tag is not None and tag not in live:
+            return True
+        return any(tag is not None and tag not in live for _, tag in self._in_flight_batch)
+
     def clear(self) -> int:
         """Drop every queued frame (and any unfinished fragment); returns how many."""
         dropped = len(self)
         self._frames.clear()
         self._fragment = None
+        self._fragment_tag = None
+        self._in_flight_batch = ()
         self._count(-self._bytes)  # a write in progress gives its own bytes back
         if self._room is not None:
             self._made_room()
@@ -247,14 +309,16 @@ class FrameQueue:
 
     async def wait(self) -> bool:
         """Wait until a frame is queued (True) or the queue is closed and empty (False)."""
-        if self.dirty:
-            self.purge()
-        while not self._frames and self._fragment is None:
+        while True:
+            # Also after each wake-up: the frame that woke us may have ended since.
+            if self.dirty:
+                self.purge()
+            if self._frames or self._fragment is not None:
+                return True
             if self._closed:
                 return False
             waiter = self._waiter = anyio.Event()
             await waiter.wait()
-        return True
 
     def has_frames(self) -> bool:
         """Whether anything is queued (after dropping frames no longer live)."""
@@ -282,6 +346,7 @@ class FrameQueue:
         size = len(data)
         self._bytes -= size
         self._in_flight = size
+        self._in_flight_batch = self._batch
         self.writing = True
         if self._room is not None:
             self._made_room()
@@ -290,6 +355,7 @@ class FrameQueue:
     def end_write(self) -> None:
         """That ``send`` returned (or failed): its bytes are the kernel's now."""
         self.writing = False
+        self._in_flight_batch = ()
         size, self._in_flight = self._in_flight, 0
         budget = self.budget
         if budget is not None and size:
@@ -301,18 +367,22 @@ class FrameQueue:
         fragment = self._fragment
         if fragment is not None:
             self._fragment = None
+            self._batch = ((fragment[0], self._fragment_tag),)
+            self._fragment_tag = None
             return fragment
         frames = self._frames
-        first = frames.popleft()[0]
-        if not frames or len(first) >= COALESCE_BYTES:
-            return first, 1
+        first = frames.popleft()
+        if not frames or len(first[0]) >= COALESCE_BYTES:
+            self._batch = (first,)
+            return first[0], 1
         batch = [first]
-        size = len(first)
+        size = len(first[0])
         while frames and size + len(frames[0][0]) <= COALESCE_BYTES:
-            frame = frames.popleft()[0]
-            batch.append(frame)
-            size += len(frame)
-        return b"".join(batch), len(batch)
+            item = frames.popleft()
+            batch.append(item)
+            size += len(item[0])
+        self._batch = batch
+        return b"".join([frame for frame, _ in batch]), len(batch)
 
     def _count(self, size: int) -> None:
         self._bytes += size

@@ -118,8 +118,13 @@ class PeerConfig:
             raise ValueError(
                 f"connect_timeout must be positive and finite, got {self.connect_timeout}"
             )
-        if not 0 <= self.reconnect_initial <= self.reconnect_max:
-            raise ValueError("need 0 <= reconnect_initial <= reconnect_max")
+        if not 0 < self.reconnect_initial <= self.reconnect_max:
+            # Zero would reconnect to a refusing remote in a tight loop: on real
+            # TCP a busy core, in a simulation a clock that never advances.
+            raise ValueError(
+                "need 0 < reconnect_initial <= reconnect_max, got "
+                f"reconnect_initial={self.reconnect_initial}, reconnect_max={self.reconnect_max}"
+            )
         if not 0 <= self.reconnect_jitter <= 1:
             raise ValueError(f"reconnect_jitter must be within [0, 1], got {self.reconnect_jitter}")
 
@@ -163,7 +168,8 @@ class Peer:
     ``on_lost(reason, unsent, connected)`` is called after a connect failure
     (``connected`` False) or a broken connection, once the queue has been
     cleared; ``unsent`` lists the tags (see :meth:`send`) of frames no
-    connection ever carried.  ``on_connected()`` follows each connect.  All run
+    connection ever carried.  ``on_connected()`` follows the first good bytes
+    of each connection (a remote that accepts and hangs up is not up).  All run
     synchronously, so the owner's state never changes under it between two
     awaits.  ``on_lost`` runs in the actor task.
     ``on_data`` does too on trio and in simulations; on asyncio, with
@@ -219,6 +225,8 @@ class Peer:
         # Frames the owner sent (pings excluded): the idle watch compares counts.
         self._sends = 0
         self._idle = False
+        # Closes the current connection as failed (see forget_ended); None between.
+        self._abort: Callable[[str], None] | None = None
         #: For the owner's least-recently-used eviction.
         self.last_used = 0
 
@@ -268,9 +276,24 @@ class Peer:
         self._sends += 1
         self._queue.put(frame, write_now=write_now, tag=tag)
 
+    def queued_one_way(self) -> int:
+        """One-way messages still queued (none of their bytes written)."""
+        return self._queue.one_way_count()
+
     def forget_ended(self) -> None:
-        """A request ended (timed out, cancelled): drop its frame if still queued."""
-        self._queue.dirty = True
+        """A request ended (timed out, cancelled): drop its frame if still queued.
+
+        If its frame is already partly written (a write stalled on a remote that
+        does not read), the rest cannot be taken back: the connection is closed,
+        so that it is never completed after its call has ended.
+        """
+        queue = self._queue
+        queue.dirty = True
+        if self._abort is not None and queue.started_dead():
+            self._abort(
+                f"connection to {self.address} closed: a request ended while its frame "
+                f"was still being written (the remote is not reading)"
+            )
 
     @property
     def full(self) -> bool:
@@ -369,8 +392,6 @@ class Peer:
         self._generation += 1
         self._idle = False
         self.stats.connects += 1
-        if self._on_connected is not None:
-            self._on_connected()
         return stream
 
     async def _serve(self, stream: anyio.abc.ByteStream) -> None:
@@ -389,8 +410,14 @@ class Peer:
                     return
                 self.stats.bytes_received += len(data)
                 self._on_data(data)
-                self._answered = True  # and its bytes made sense
-                self._failures = 0  # a good exchange resets the backoff
+                if not self._answered:  # the first good bytes of this connection
+                    self._answered = True
+                    self._failures = 0  # a good exchange resets the backoff
+                    # Up is "answers", not "accepts": a server at its connection
+                    # limit accepts and hangs up, and counting each accept as a
+                    # recovery made the failure monitor flap.
+                    if self._on_connected is not None:
+                        self._on_connected()
                 if frame_timeout is not None and buffered is not None:
                     partial = buffered() > 0
                     if partial != (half_frame.deadline < math.inf):
@@ -422,6 +449,11 @@ class Peer:
                     failure.append(f"closed connection to {self.address} after bad input: {exc}")
                 group.cancel_scope.cancel()
 
+            def abort(reason: str) -> None:
+                failure.append(reason)
+                group.cancel_scope.cancel()
+
+            self._abort = abort
             group.start_soon(reader)
             if self.config.ping_interval is not None or self.config.idle_timeout is not None:
                 group.start_soon(self._watch, group.cancel_scope, failure)
@@ -432,6 +464,7 @@ class Peer:
                 failure.append(f"write to {self.address} failed: {str(exc) or type(exc).__name__}")
             finally:
                 self._queue.sender = None
+                self._abort = None
             group.cancel_scope.cancel()
         self.stats.connections_lost += 1
         if failure:
@@ -464,7 +497,8 @@ class Peer:
                 sends, busy_at = self._sends, now
                 heard, missed, ping_out = stats.bytes_received, 0, False
                 continue
-            if idle_timeout is not None and now - busy_at >= idle_timeout:
+            mid_frame = self._buffered is not None and self._buffered() > 0
+            if idle_timeout is not None and now - busy_at >= idle_timeout and not mid_frame:
                 # From here on, a request arriving before the close lands stays
                 # queued (no fast-path write onto a closing connection) and goes
                 # out on the next one: the idle close must not lose it.

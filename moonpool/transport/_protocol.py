@@ -386,6 +386,10 @@ class TransportProtocol(Generic[E]):
         """Correlation ids of the requests still pending (a live view, for peers)."""
         return self._pending.keys()
 
+    def forget_destination(self, destination: str) -> None:
+        """Drop the decoder kept for ``destination`` (its connection is gone for good)."""
+        self._decoders.pop(destination, None)
+
     def pending_by_destination(self) -> dict[str, int]:
         """How many requests are pending towards each destination."""
         return {destination: len(ids) for destination, ids in self._by_destination.items()}

@@ -616,6 +616,7 @@ class ServerTransport(Generic[E]):
             log.debug("server %s: reply to %s not sent: %s", self.address, request.source, exc)
         except SendQueueFull as exc:
             log.warning("server %s: reply dropped: %s", self.address, exc)
+            self._dead_replies(request.source, 1, str(exc))
         return True
 
     # -- replying -------------------------------------------------------------------

@@ -36,8 +36,9 @@ RR = RequestResponseEnvelope.serializer()
 async def test_a_request_queued_behind_a_stalled_write_is_never_written_after_its_timeout() -> None:
     """The server stops reading; a large request fills the kernel's buffers and a
     small one queues behind it in the peer.  Both calls time out.  When the server
-    reads again, the large one's bytes arrive (its write had begun: it may have
-    been delivered) but the small one never does."""
+    reads again it finds what had been handed over of the large one, then the end
+    of the stream: the client closed the connection rather than go on writing a
+    frame whose call had ended, and the small one never went out at all."""
     network = RealNetwork()
     big = b"B" * (32 * 1024 * 1024)  # far beyond any loopback socket buffers
     with anyio.fail_after(LIMIT):
@@ -72,13 +73,19 @@ async def test_a_request_queued_behind_a_stalled_write_is_never_written_after_it
                 )
                 payloads: list[bytes] = []
                 stream = accepted[0]
-                with anyio.move_on_after(3.0):
+                with (
+                    anyio.move_on_after(3.0),
+                    contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError),
+                ):
                     while True:
                         for envelope in decoder.feed(await stream.receive()):
                             if envelope.correlation_id != PING_ID:
                                 payloads.append(envelope.payload[:5])
-                assert b"small" not in payloads
-                assert payloads in ([], [b"BBBBB"])  # the big one, whole or not at all
+                # The small one never went out.  The big one: cut off (trio: its
+                # write was still in progress), or whole (asyncio had taken all of
+                # it into the transport's buffer before the call ended, and closing
+                # a transport flushes it) -- written before its call ended, either way.
+                assert payloads in ([], [b"BBBBB"])
                 await stream.aclose()
 
 

@@ -251,9 +251,10 @@ def test_clear_drops_the_fragment_and_reopens_the_fast_path() -> None:
 
 
 def test_unsent_tags_name_only_frames_no_write_has_started_on() -> None:
-    # The first batch is cut short: its fragment has begun to go out, so neither of
-    # its frames is "unsent"; frames queued after it are, in order; untagged
-    # frames (server replies) are never listed.
+    # The first batch is cut short inside its first frame: that frame's rest (the
+    # fragment) has begun to go out, so it is not "unsent"; the batch's second
+    # frame, of which no byte left, is back in the queue and is, like the frames
+    # queued after it, in order; untagged frames (server replies) are never listed.
     queue, sender, _log, wire = fast_queue(script=[5])
     queue.put(b"a" * 10, tag=1)
     queue.put(b"b" * 10, write_now=True, tag=2)
@@ -261,7 +262,7 @@ def test_unsent_tags_name_only_frames_no_write_has_started_on() -> None:
     queue.put(b"c" * 10, tag=3)
     queue.put(b"untagged")
     queue.put(b"d" * 10, tag=4)
-    assert queue.unsent_tags() == [3, 4]
+    assert queue.unsent_tags() == [2, 3, 4]
     queue.take()  # the fragment
     queue.take()  # a batch handed to a send: maybe arrived, so no longer unsent
     assert queue.unsent_tags() == []
