@@ -323,16 +323,20 @@ async def test_requests_abandoned_at_close_and_replies_to_gone_clients_are_dead_
 # -- failure monitor, health pings, idle connections ----------------------------------
 
 
+@pytest.mark.parametrize("envelope", [RequestResponseEnvelope, CheckedEnvelope])
 @pytest.mark.trio
 async def test_a_silent_server_is_seen_failed_by_pings_and_available_again(
-    autojump_clock: object,
+    autojump_clock: object, envelope: type
 ) -> None:
+    """Pings work with every envelope type (the server answers them itself)."""
     network = calm()
     config = PeerConfig(ping_interval=1.0, ping_timeout=1.0, ping_max_missed=2)
-    async with ServerTransport.bind(network.for_host("server"), SERVER) as server:
+    async with ServerTransport.bind(
+        network.for_host("server"), SERVER, envelope=envelope
+    ) as server:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(recording_server, server, [])
-            async with ClientTransport(network, peer_config=config) as client:
+            async with ClientTransport(network, peer_config=config, envelope=envelope) as client:
                 monitor = client.failure_monitor
                 await client.get_reply(SERVER, b"hello")
                 await trio.sleep(10)  # idle: pings, answered
