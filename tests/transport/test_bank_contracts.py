@@ -43,6 +43,7 @@ from moonpool.transport import (
     TransportError,
     TransportTimeout,
 )
+from tests.transport.sim_servers import serve_until_shutdown
 
 INITIAL = 1000
 TRANSFERS = 12
@@ -82,18 +83,14 @@ async def serve_bank(ctx: ProcessContext, *, dedup: bool) -> None:
         "books",
         {"balances": {"pool": 0}, "applies": {}, "fenced": {}, "answers": {}, "dedup_hits": 0},
     )
-    async with ServerTransport.bind(ctx.network, ctx.address) as server:
-        async with anyio.create_task_group() as group:
 
-            async def stop() -> None:
-                await ctx.shutdown.wait()
-                await server.aclose()
+    async def run(server: ServerTransport[Any]) -> None:
+        async for request in server:
+            answer = execute(books, request, dedup=dedup)
+            with contextlib.suppress(TransportError):
+                server.send_reply(request, answer)
 
-            group.start_soon(stop)
-            async for request in server:
-                answer = execute(books, request, dedup=dedup)
-                with contextlib.suppress(TransportError):
-                    server.send_reply(request, answer)
+    await serve_until_shutdown(ctx, run)
 
 
 async def plain_bank(ctx: ProcessContext) -> None:

@@ -13,6 +13,7 @@ import functools
 import random
 import statistics
 from collections.abc import Awaitable
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -49,6 +50,7 @@ from moonpool.transport import (
     TransportTimeout,
 )
 from moonpool.transport._frame_queue import FrameQueue
+from tests.transport.sim_servers import serve_until_shutdown
 
 SERVER = "server:4500"
 RR = RequestResponseEnvelope.serializer()
@@ -518,17 +520,13 @@ async def test_a_reply_from_a_rebooted_servers_old_life_reaches_nobody(
 
 async def note_taker(ctx: ProcessContext) -> None:
     notes = ctx.state.setdefault("notes", [])
-    async with ServerTransport.bind(ctx.network, ctx.address) as server:
-        async with anyio.create_task_group() as group:
 
-            async def stop() -> None:
-                await ctx.shutdown.wait()
-                await server.aclose()
+    async def take_notes(server: ServerTransport[Any]) -> None:
+        async for request in server:
+            always(not request.expects_reply, "a one-way message expects no reply")
+            notes.append(request.payload)
 
-            group.start_soon(stop)
-            async for request in server:
-                always(not request.expects_reply, "a one-way message expects no reply")
-                notes.append(request.payload)
+    await serve_until_shutdown(ctx, take_notes)
 
 
 class Notifier:
@@ -637,15 +635,7 @@ async def test_reconnect_backoff_grows_while_failing_and_resets_after_a_good_exc
 
 
 async def echo_process(ctx: ProcessContext) -> None:
-    async with ServerTransport.bind(ctx.network, ctx.address) as server:
-        async with anyio.create_task_group() as group:
-
-            async def stop() -> None:
-                await ctx.shutdown.wait()
-                await server.aclose()
-
-            group.start_soon(stop)
-            await recording_server(server, [])
+    await serve_until_shutdown(ctx, lambda server: recording_server(server, []))
 
 
 PINGS = PeerConfig(ping_interval=0.5, ping_timeout=0.5, ping_max_missed=2)
