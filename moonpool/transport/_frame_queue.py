@@ -252,6 +252,11 @@ class FrameQueue:
         """Queued one-way messages (negative tags) no write has started on."""
         return sum(1 for _, tag in self._frames if tag is not None and tag < 0)
 
+    def count_tag(self, wanted: int) -> int:
+        """Queued frames tagged ``wanted`` (the fragment included)."""
+        count = sum(1 for _, tag in self._frames if tag == wanted)
+        return count + (self._fragment is not None and self._fragment_tag == wanted)
+
     def unsent_tags(self) -> list[int]:
         """Tags of the queued frames no write has started on, oldest first.
 

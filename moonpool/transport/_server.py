@@ -110,6 +110,10 @@ class ServerStats:
     dead_letters: int = 0
 
 
+#: The outbox tag of a ping's answer (replies are untagged).
+_PING_TAG: Final = -1
+
+
 class _Connection:
     """Server-side state of one accepted connection."""
 
@@ -202,9 +206,10 @@ class _Connection:
         self.closed = True
         self.tasks = None
         self.outbox.sender = None
+        pings = self.outbox.count_tag(_PING_TAG)
         dropped = self.outbox.clear()
         self.outbox.close()
-        return dropped
+        return dropped - pings  # answers to pings are not replies anyone waits for
 
     def abandon(self) -> None:
         """The connection can carry no more replies: stop waiting for them."""
@@ -870,7 +875,8 @@ class ServerTransport(Generic[E]):
         if outbox.closed or outbox.full:
             return  # a client that does not read its replies will miss its pings too
         self.stats.pings_answered += 1
-        outbox.put(self._protocol.send(envelope.create_reply(b"")), write_now=True)
+        # Tagged, so that a ping answer dropped at close is not counted as a reply.
+        outbox.put(self._protocol.send(envelope.create_reply(b"")), write_now=True, tag=_PING_TAG)
         if outbox and connection.writer_done is None:
             self._start_writer(connection)
 

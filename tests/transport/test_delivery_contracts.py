@@ -899,3 +899,22 @@ async def test_per_destination_state_is_released_with_its_peer(autojump_clock: o
                 assert client.failure_monitor._states == {}
                 assert client._breakers == {}
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_ping_answers_dropped_at_close_are_not_dead_letters(autojump_clock: object) -> None:
+    network = SimNetwork(seed=3, chaos=ChaosConfig.none(), host="client", buffer_size=1024)
+    async with ServerTransport.bind(network.for_host("server"), SERVER) as server:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(recording_server, server, [])
+            stream = await network.connect(SERVER)
+            ping = RR.serialize(RequestResponseEnvelope.create_request(PING_ID, b""))
+            await stream.send(ping * 2000)  # and never read the answers
+            await trio.sleep(1)
+            assert server.stats.pings_answered > 100
+            await stream.aclose()
+            await trio.sleep(10)
+            assert server.connection_count == 0
+            assert server.stats.dead_letters == 0 and not server.dead_letters
+            assert server.stats.requests_received == 0
+            nursery.cancel_scope.cancel()
