@@ -67,6 +67,8 @@ class SimRun:
     observed: dict[str, int] = field(default_factory=dict)
     assertions: dict[tuple[str, str], AssertionRecord] = field(default_factory=dict)
     assertion_failures: list[str] = field(default_factory=list)
+    #: The values passed to the first violated ``always``/``unreachable`` (repr'd).
+    violation_details: dict[str, str] = field(default_factory=dict)
     buggify_sites: dict[str, bool] = field(default_factory=dict)
     buggify_random: random.Random = field(init=False)
     random: random.Random = field(init=False)

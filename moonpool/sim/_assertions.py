@@ -7,6 +7,10 @@ least one iteration of the simulation, otherwise the report marks them MISS --
 which usually means the test never exercised the path it claims to cover.
 
 A site is identified by its kind and message, so use a distinct message per site.
+Keyword arguments (``always(ok, "balance matches", balance=b, expected=e)``) are
+the values worth seeing when it fails: shown in the failure and its JSON
+(``FailureRecord.details``), never part of the site's identity or the trace hash
+(a value's ``repr`` need not be deterministic: a set's order is not).
 The ``sometimes``/``reachable`` calls written (with a literal message) in the
 registered processes and workloads themselves are known before the first seed
 (see ``_declared_sites``), so one that no seed reaches is reported as MISS and
@@ -15,6 +19,8 @@ Outside a simulation every function here does nothing.
 """
 
 from __future__ import annotations
+
+import reprlib
 
 from moonpool._ground._run import AssertionRecord, current_run
 
@@ -41,31 +47,49 @@ def _record(kind: str, message: str, condition: bool) -> AssertionRecord | None:
     return record
 
 
-def always(condition: bool, message: str) -> None:
-    """Assert ``condition`` every time this line runs in a simulation."""
+def always(condition: bool, message: str, **details: object) -> None:
+    """Assert ``condition`` every time this line runs in a simulation.
+
+    ``details`` are shown when it is false (see the module doc).
+    """
     if _record("always", message, bool(condition)) is not None and not condition:
-        _violate(f"always({message!r}) was false")
+        _violate(f"always({message!r}) was false", details)
 
 
-def sometimes(condition: bool, message: str) -> None:
-    """Require ``condition`` to be true at least once across the simulation's iterations."""
+def sometimes(condition: bool, message: str, **details: object) -> None:
+    """Require ``condition`` to be true at least once across the simulation's iterations.
+
+    ``details`` are accepted so that a site can say what it saw (for the timeline);
+    they do not change the site.
+    """
     _record("sometimes", message, bool(condition))
 
 
-def reachable(message: str) -> None:
+def reachable(message: str, **details: object) -> None:
     """Require this line to run at least once across the simulation's iterations."""
     _record("reachable", message, True)
 
 
-def unreachable(message: str) -> None:
-    """Fail the iteration if this line ever runs in a simulation."""
+def unreachable(message: str, **details: object) -> None:
+    """Fail the iteration if this line ever runs in a simulation (showing ``details``)."""
     if _record("unreachable", message, True) is not None:
-        _violate(f"unreachable({message!r}) was reached")
+        _violate(f"unreachable({message!r}) was reached", details)
 
 
-def _violate(description: str) -> None:
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 200
+_REPR.maxlist = _REPR.maxdict = _REPR.maxset = _REPR.maxtuple = 20
+
+
+def _violate(description: str, details: dict[str, object]) -> None:
     run = current_run()
     assert run is not None
     run.assertion_failures.append(description)
+    # The site, not its values: the trace hash must not depend on a value's repr.
     run.trace_text(f"violation:{description}")
+    shown = {name: _REPR.repr(value) for name, value in details.items()}
+    if shown and not run.violation_details:
+        run.violation_details = shown
+    if shown:
+        description += " with " + ", ".join(f"{name}={text}" for name, text in shown.items())
     raise AssertionViolation(description)

@@ -342,6 +342,7 @@ def run_iteration(
             traceback=tb if tb.startswith(message) else f"{message}\n{tb}",
             sim_time=supervisor.failure_time or sim_time,
             replay=replay_hint(seed),
+            details=dict(run.violation_details) if kind == "assertion" else {},
         )
     kills = (
         {name: host.kills for name, host in processes.hosts.items()}

@@ -64,6 +64,8 @@ class FailureRecord:
     traceback: str
     sim_time: float
     replay: str
+    #: For a failed ``always``/``unreachable``: the values it was given, repr'd.
+    details: Mapping[str, str] = field(default_factory=dict)
 
 
 @final

@@ -12,6 +12,7 @@ from moonpool.sim import (
     FixedCount,
     SimulationBuilder,
     SimulationFailed,
+    SimulationReport,
     UntilAllSometimesReached,
     WorkloadContext,
     always,
@@ -206,3 +207,53 @@ def test_a_reachable_no_seed_reaches_is_a_miss_and_keeps_the_run_going() -> None
     assert "MISS reachable" in str(report)
     with pytest.raises(SimulationFailed, match="a branch no seed takes"):
         report.assert_success()
+
+
+# -- values in assertions -------------------------------------------------------------
+
+
+def _details_simulation(label: object) -> SimulationReport:
+    async def workload(ctx: WorkloadContext) -> None:
+        balance = 100
+        for n in range(3):
+            await trio.sleep(1)
+            sometimes(n == 2, "the third round is reached", round=n)
+            if n == 2:
+                balance -= 10
+        always(balance == 100, "the balance is intact", balance=balance, label=label)
+
+    return (
+        SimulationBuilder()
+        .enable_buggify()
+        .set_chaos(ChaosConfig.default())
+        .register_workload("bank", workload)
+        .set_seeds([5])
+        .run()
+    )
+
+
+def test_assertion_details_are_shown_in_the_failure_and_its_json() -> None:
+    report = _details_simulation("lost update")
+    [failure] = report.failures
+    assert failure.kind == "assertion"
+    assert "always('the balance is intact') was false with balance=90, label='lost update'" in (
+        failure.error
+    )
+    assert failure.details == {"balance": "90", "label": "'lost update'"}
+    assert '"details":{"balance":"90","label":"\'lost update\'"}' in report.to_json()
+    # One site, whatever the values.
+    [site] = [a for a in report.assertions if a.kind == "always"]
+    assert site.message == "the balance is intact"
+
+
+def test_assertion_details_do_not_change_the_trace() -> None:
+    """A value's repr may differ run to run (an object's address): the trace must not."""
+    first = _details_simulation(object())
+    second = _details_simulation(object())
+    assert first.failures[0].details["label"] != second.failures[0].details["label"]
+    assert first.runs[0].trace_hash == second.runs[0].trace_hash
+
+
+def test_huge_details_are_shortened() -> None:
+    report = _details_simulation("x" * 10_000)
+    assert len(report.failures[0].details["label"]) < 250
