@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--iterations", type=int, help="number of seeds to run")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     run.add_argument("--quiet", action="store_true", help="no progress line")
+    run.add_argument("--fail-fast", action="store_true", help="stop at the first failing seed")
     args = parser.parse_args(argv)
 
     try:
@@ -106,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("moonpool: --iterations must be >= 1", file=sys.stderr)
             return 2
         builder.override_iterations(args.iterations)
+    if args.fail_fast:
+        builder.set_fail_fast()
     progress = _Progress(enabled=not args.quiet)
     builder.set_progress(progress)
     try:

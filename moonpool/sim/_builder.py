@@ -121,6 +121,7 @@ class SimulationBuilder:
         self._sim_time_budget = 3600.0
         self._wall_time_budget = 60.0
         self._progress: Callable[[RunRecord, FailureRecord | None], None] | None = None
+        self._fail_fast = False
         self._replay: Callable[[int], str] = _default_replay
         self._network_factory: NetworkFactory | None = None
 
@@ -242,6 +243,11 @@ class SimulationBuilder:
         self._wall_time_budget = _positive_seconds("wall time budget", seconds)
         return self
 
+    def set_fail_fast(self, enabled: bool = True) -> Self:
+        """Stop at the first failing seed (the CLI's ``--fail-fast``)."""
+        self._fail_fast = bool(enabled)
+        return self
+
     def set_progress(self, callback: Callable[[RunRecord, FailureRecord | None], None]) -> Self:
         """Call ``callback`` after each seed (the CLI prints a progress line with it)."""
         self._progress = callback
@@ -315,6 +321,7 @@ class SimulationBuilder:
         observed_totals: dict[str, int] = {}
         kills = {spec.name: 0 for spec in self._processes}
         control = self._control
+        stopped: list[str] = []
 
         def report(*, interrupted: bool = False) -> SimulationReport:
             return SimulationReport(
@@ -332,6 +339,7 @@ class SimulationBuilder:
                 interrupted=interrupted,
                 kills=dict(kills) if self._attrition is not None and kills else None,
                 observed_totals=dict(sorted(observed_totals.items())),
+                stopped_because="interrupted (Ctrl-C)" if interrupted else "".join(stopped[:1]),
             )
 
         with ctrl_c_handled() as ctrl_c:
@@ -353,10 +361,16 @@ class SimulationBuilder:
                     self._progress(result.record, result.failure)
                 if ctrl_c.stop_requested:
                     raise SimulationInterrupted(report(interrupted=True))
+                if self._fail_fast and result.failure is not None:
+                    stopped.append(f"fail-fast: seed {seed} failed")
+                    break
                 if self._seeds is not None:
                     continue
                 if _should_stop(control, len(runs), started, assertions):
+                    stopped.append(_why_stopped(control, len(runs), assertions))
                     break
+            else:
+                stopped.append(f"ran the {len(runs)} seed(s) given")
         return report()
 
     def _declared_sites(self) -> list[tuple[str, str]]:
@@ -422,6 +436,19 @@ def _merge(
         total.false_count += record.false_count
     for family, count in result.record.faults.items():
         fault_totals[family] = fault_totals.get(family, 0) + count
+
+
+def _why_stopped(
+    control: IterationControl, done: int, assertions: dict[tuple[str, str], AssertionRecord]
+) -> str:
+    if isinstance(control, FixedCount):
+        return f"ran {done} seed(s) (FixedCount)"
+    if isinstance(control, TimeLimit):
+        return f"time limit of {control.seconds:g}s reached after {done} seed(s)"
+    liveness = [r for r in assertions.values() if r.kind in ("sometimes", "reachable")]
+    if liveness and all(r.true_count > 0 for r in liveness):
+        return f"all {len(liveness)} sometimes/reachable sites reached after {done} seed(s)"
+    return f"the limit of {done} seed(s) reached (UntilAllSometimesReached)"
 
 
 def _should_stop(

@@ -129,6 +129,8 @@ class SimulationReport:
     kills: Mapping[str, int] | None = None
     #: Totals over every seed of what the program did (dead letters, ...).
     observed_totals: Mapping[str, int] = field(default_factory=dict)
+    #: Why the run stopped ("fail-fast: seed 7 failed", "ran 100 seed(s) (FixedCount)", ...).
+    stopped_because: str = ""
 
     @property
     def never_killed(self) -> list[str]:
@@ -194,6 +196,7 @@ class SimulationReport:
         document = {
             "ok": self.ok,
             "interrupted": self.interrupted,
+            "stopped_because": self.stopped_because,
             "iterations": self.iterations,
             "wall_time": self.wall_time,
             "total_events": self.total_events,
@@ -241,6 +244,8 @@ class SimulationReport:
                     " (their crash and restart paths went untested: run more seeds, or kill more"
                     " often)"
                 )
+        if self.stopped_because:
+            lines.append(f"  stopped:    {self.stopped_because}")
         if self.assertions:
             lines.append("  assertions:")
             for s in sorted(self.assertions, key=lambda a: (a.kind, a.message)):

@@ -257,3 +257,31 @@ def test_assertion_details_do_not_change_the_trace() -> None:
 def test_huge_details_are_shortened() -> None:
     report = _details_simulation("x" * 10_000)
     assert len(report.failures[0].details["label"]) < 250
+
+
+def test_the_report_says_why_the_run_stopped() -> None:
+    async def workload(ctx: WorkloadContext) -> None:
+        await trio.sleep(1)
+        sometimes(ctx.seed % 4 == 0, "a seed divisible by four")
+
+    def builder() -> SimulationBuilder:
+        return (
+            SimulationBuilder()
+            .enable_buggify()
+            .set_chaos(ChaosConfig.default())
+            .register_workload("w", workload)
+        )
+
+    until = builder().set_iteration_control(UntilAllSometimesReached(500)).run()
+    assert until.stopped_because == (
+        f"all 1 sometimes/reachable sites reached after {until.iterations} seed(s)"
+    )
+    assert f"stopped:    {until.stopped_because}" in str(until)
+    assert (
+        builder()
+        .set_iteration_control(FixedCount(3))
+        .run()
+        .stopped_because.startswith("ran 3 seed(s)")
+    )
+    assert builder().set_seeds([4, 8]).run().stopped_because == "ran the 2 seed(s) given"
+    assert _details_simulation("x").stopped_because == "ran the 1 seed(s) given"

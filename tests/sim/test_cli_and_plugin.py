@@ -74,6 +74,23 @@ def test_cli_failure_exit_code_and_replay_command(tmp_path: Path) -> None:
     assert again["runs"][0]["trace_hash"] == run["trace_hash"]
 
 
+def test_cli_fail_fast_stops_at_the_first_failing_seed_and_says_why(tmp_path: Path) -> None:
+    module = tmp_path / "flaky_sim.py"
+    module.write_text(FAILING_MODULE)
+    result = _cli("run", f"{module}:simulation", "--json", "--quiet", "--fail-fast")
+    assert result.returncode == 1
+    document = json.loads(result.stdout)
+    [failure] = document["failures"]  # one in three seeds fails: without it, about ten
+    assert document["runs"][-1]["seed"] == failure["seed"]
+    assert document["iterations"] < 30
+    assert document["stopped_because"] == f"fail-fast: seed {failure['seed']} failed"
+    full = json.loads(_cli("run", f"{module}:simulation", "--json", "--quiet").stdout)
+    assert full["iterations"] == 30 and len(full["failures"]) > 1
+    assert full["stopped_because"] == "ran 30 seed(s) (FixedCount)"
+    text = _cli("run", f"{module}:simulation", "--quiet", "--fail-fast").stdout
+    assert "stopped:    fail-fast: seed" in text
+
+
 def test_cli_usage_errors(tmp_path: Path) -> None:
     assert _cli("run", "does/not/exist.py").returncode == 2
     module = tmp_path / "m.py"
