@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     run.add_argument("--quiet", action="store_true", help="no progress line")
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failing seed")
+    run.add_argument("--base-seed", type=int, help="derive the seeds from this (reruns a batch)")
     args = parser.parse_args(argv)
 
     try:
@@ -109,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         builder.override_iterations(args.iterations)
     if args.fail_fast:
         builder.set_fail_fast()
+    if args.base_seed is not None:
+        builder.set_base_seed(args.base_seed)
     progress = _Progress(enabled=not args.quiet)
     builder.set_progress(progress)
     try:

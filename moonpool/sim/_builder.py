@@ -279,13 +279,10 @@ class SimulationBuilder:
         if iterations and self._seeds is None:
             self.override_iterations(int(iterations))
 
-    def _seed_stream(self) -> Iterator[int]:
+    def _seed_stream(self, base: int) -> Iterator[int]:
         if self._seeds is not None:
             yield from self._seeds
             return
-        base = self._base_seed
-        if base is None:
-            base = int.from_bytes(os.urandom(8), "little")
         generator = random.Random(base)
         while True:
             yield generator.getrandbits(32)
@@ -322,6 +319,10 @@ class SimulationBuilder:
         kills = {spec.name: 0 for spec in self._processes}
         control = self._control
         stopped: list[str] = []
+        # Chosen here so that the report can name it: the same base reruns the batch.
+        base = self._base_seed
+        if base is None:
+            base = int.from_bytes(os.urandom(8), "little")
 
         def report(*, interrupted: bool = False) -> SimulationReport:
             return SimulationReport(
@@ -340,10 +341,11 @@ class SimulationBuilder:
                 kills=dict(kills) if self._attrition is not None and kills else None,
                 observed_totals=dict(sorted(observed_totals.items())),
                 stopped_because="interrupted (Ctrl-C)" if interrupted else "".join(stopped[:1]),
+                base_seed=None if self._seeds is not None else base,
             )
 
         with ctrl_c_handled() as ctrl_c:
-            for seed in self._seed_stream():
+            for seed in self._seed_stream(base):
                 config = self._iteration_config(seed)
                 try:
                     result = run_iteration(seed, config, self._replay, ctrl_c)

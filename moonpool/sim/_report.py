@@ -131,6 +131,9 @@ class SimulationReport:
     observed_totals: Mapping[str, int] = field(default_factory=dict)
     #: Why the run stopped ("fail-fast: seed 7 failed", "ran 100 seed(s) (FixedCount)", ...).
     stopped_because: str = ""
+    #: Where the seeds came from (None when they were given): the same base seed
+    #: (``set_base_seed``, CLI ``--base-seed``) runs the same batch again.
+    base_seed: int | None = None
 
     @property
     def never_killed(self) -> list[str]:
@@ -197,6 +200,7 @@ class SimulationReport:
             "ok": self.ok,
             "interrupted": self.interrupted,
             "stopped_because": self.stopped_because,
+            "base_seed": self.base_seed,
             "iterations": self.iterations,
             "wall_time": self.wall_time,
             "total_events": self.total_events,
@@ -246,6 +250,11 @@ class SimulationReport:
                 )
         if self.stopped_because:
             lines.append(f"  stopped:    {self.stopped_because}")
+        if self.base_seed is not None:
+            lines.append(
+                f"  base seed:  {self.base_seed} (the same batch again: --base-seed "
+                f"{self.base_seed}, or set_base_seed({self.base_seed}))"
+            )
         if self.assertions:
             lines.append("  assertions:")
             for s in sorted(self.assertions, key=lambda a: (a.kind, a.message)):

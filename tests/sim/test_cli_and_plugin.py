@@ -91,6 +91,23 @@ def test_cli_fail_fast_stops_at_the_first_failing_seed_and_says_why(tmp_path: Pa
     assert "stopped:    fail-fast: seed" in text
 
 
+def test_cli_prints_the_base_seed_and_base_seed_reruns_the_batch(tmp_path: Path) -> None:
+    module = tmp_path / "flaky_sim.py"
+    module.write_text(FAILING_MODULE)
+    first = json.loads(_cli("run", f"{module}:simulation", "--json", "--quiet").stdout)
+    base = first["base_seed"]
+    assert isinstance(base, int)
+    again = _cli("run", f"{module}:simulation", "--quiet", "--base-seed", str(base), "--json")
+    second = json.loads(again.stdout)
+    assert [r["seed"] for r in second["runs"]] == [r["seed"] for r in first["runs"]]
+    assert [r["trace_hash"] for r in second["runs"]] == [r["trace_hash"] for r in first["runs"]]
+    assert second["base_seed"] == base
+    text = _cli("run", f"{module}:simulation", "--quiet", "--base-seed", "7").stdout
+    assert "base seed:  7 (the same batch again: --base-seed 7" in text
+    replay = json.loads(_cli("run", f"{module}:simulation", "--seed", "3", "--json").stdout)
+    assert replay["base_seed"] is None  # seeds given: there is no batch to name
+
+
 def test_cli_usage_errors(tmp_path: Path) -> None:
     assert _cli("run", "does/not/exist.py").returncode == 2
     module = tmp_path / "m.py"
