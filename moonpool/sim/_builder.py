@@ -266,9 +266,10 @@ class SimulationBuilder:
     # -- running --------------------------------------------------------------------
 
     def override_iterations(self, count: int) -> Self:
-        """Change the iteration count, keeping the kind of iteration control."""
-        if isinstance(self._control, UntilAllSometimesReached):
-            return self.set_iteration_control(UntilAllSometimesReached(count))
+        """Run exactly ``count`` seeds (CLI ``--iterations``, pytest
+        ``--moonpool-iterations``), whatever the iteration control: asking for 1000
+        seeds of a simulation that uses ``UntilAllSometimesReached`` used to stop
+        it as soon as every site was reached -- after 5 seeds, say."""
         return self.set_iteration_control(FixedCount(count))
 
     def _apply_environment(self) -> None:

@@ -108,6 +108,35 @@ def test_cli_prints_the_base_seed_and_base_seed_reruns_the_batch(tmp_path: Path)
     assert replay["base_seed"] is None  # seeds given: there is no batch to name
 
 
+UNTIL_MODULE = """
+import trio
+from moonpool.sim import SimulationBuilder, UntilAllSometimesReached, WorkloadContext, sometimes
+
+async def easy(ctx: WorkloadContext) -> None:
+    await trio.sleep(1)
+    sometimes(True, "always reached at once")
+
+def simulation() -> SimulationBuilder:
+    return (
+        SimulationBuilder()
+        .enable_buggify()
+        .register_workload("w", easy)
+        .set_iteration_control(UntilAllSometimesReached(100))
+    )
+"""
+
+
+def test_cli_iterations_is_exact_even_until_all_sometimes_reached(tmp_path: Path) -> None:
+    module = tmp_path / "until_sim.py"
+    module.write_text(UNTIL_MODULE)
+    alone = json.loads(_cli("run", f"{module}:simulation", "--json", "--quiet").stdout)
+    assert alone["iterations"] == 1  # every site reached by the first seed
+    asked = _cli("run", f"{module}:simulation", "--json", "--quiet", "--iterations", "12")
+    document = json.loads(asked.stdout)
+    assert document["iterations"] == 12
+    assert document["stopped_because"] == "ran 12 seed(s) (FixedCount)"
+
+
 def test_cli_usage_errors(tmp_path: Path) -> None:
     assert _cli("run", "does/not/exist.py").returncode == 2
     module = tmp_path / "m.py"
