@@ -31,7 +31,7 @@ class CircuitState(Enum):
 class CircuitBreaker:
     """The circuit towards one remote address."""
 
-    __slots__ = ("_rng", "cooldown", "failures", "opened", "probe_at", "state", "threshold")
+    __slots__ = ("_rng", "cooldown", "failures", "probe_at", "state", "threshold")
 
     def __init__(self, threshold: int, cooldown: float, rng: random.Random) -> None:
         self.threshold = threshold
@@ -40,7 +40,6 @@ class CircuitBreaker:
         self.state = CircuitState.CLOSED
         self.failures = 0  # consecutive
         self.probe_at = 0.0
-        self.opened = 0  # times it opened
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.state.value} failures={self.failures}>"
@@ -83,7 +82,6 @@ class CircuitBreaker:
 
     def _open(self, now: float) -> None:
         self.state = CircuitState.OPEN
-        self.opened += 1
         self.probe_at = now + self.cooldown * (1.0 - 0.5 * self._rng.random())
 
     def probe_abandoned(self) -> None:

@@ -10,7 +10,7 @@ Inside a simulation each is also counted in the report's ``observed_totals``.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterator
 from typing import NamedTuple, final
 
@@ -42,8 +42,6 @@ class DeadLetters:
         self._letters: deque[DeadLetter] = deque(maxlen=capacity)
         #: Every dead letter ever recorded, also those no longer kept.
         self.total = 0
-        #: ``total`` by kind.
-        self.by_kind: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"<DeadLetters total={self.total} kept={len(self._letters)}>"
@@ -60,7 +58,6 @@ class DeadLetters:
     def record(self, kind: str, destination: str, reason: str, time: float) -> None:
         self._letters.append(DeadLetter(kind, destination, reason, time))
         self.total += 1
-        self.by_kind[kind] += 1
         run = current_run()
         if run is not None:
             run.observe(f"dead letter ({kind})")  # shown in the simulation's report

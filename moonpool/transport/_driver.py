@@ -125,7 +125,7 @@ class TransportDriver(Generic[E]):
                 self._network,
                 destination,
                 on_data=lambda data: self._received(destination, data),
-                on_lost=lambda reason, unsent, connected: self._lost(created, reason, unsent),
+                on_lost=lambda reason, unsent: self._lost(created, reason, unsent),
                 on_connected=lambda: self._connected(created),
                 config=self.peer_config,
                 rng=self._rng,

@@ -52,11 +52,6 @@ class FailureMonitor:
         state = self._states.get(address)
         return None if state is None else state.failed_since
 
-    def failed_for(self, address: str, now: float) -> float:
-        """How long ``address`` has been failed without a break (0 if it is not)."""
-        since = self.failed_since(address)
-        return 0.0 if since is None else now - since
-
     def reason(self, address: str) -> str:
         """Why ``address`` is failed ('' if it is not)."""
         state = self._states.get(address)

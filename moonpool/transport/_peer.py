@@ -165,11 +165,11 @@ class Peer:
     group (or with :meth:`close`); the actor also ends by itself once the
     connection has been idle for ``idle_timeout`` (see the module doc).
     ``on_data`` receives every chunk read;
-    ``on_lost(reason, unsent, connected)`` is called after a connect failure
-    (``connected`` False) or a broken connection, once the queue has been
-    cleared; ``unsent`` lists the tags (see :meth:`send`) of frames no
-    connection ever carried.  ``on_connected()`` follows the first good bytes
-    of each connection (a remote that accepts and hangs up is not up).  All run
+    ``on_lost(reason, unsent)`` is called after a connect failure or a broken
+    connection, once the queue has been cleared; ``unsent`` lists the tags (see
+    :meth:`send`) of frames no connection ever carried.  ``on_connected()``
+    follows the first good bytes of each connection (a remote that accepts and
+    hangs up is not up).  All run
     synchronously, so the owner's state never changes under it between two
     awaits.  ``on_lost`` runs in the actor task.
     ``on_data`` does too on trio and in simulations; on asyncio, with
@@ -188,7 +188,7 @@ class Peer:
         address: str,
         *,
         on_data: Callable[[bytes], None],
-        on_lost: Callable[[str, list[int], bool], None],
+        on_lost: Callable[[str, list[int]], None],
         config: PeerConfig | None = None,
         rng: random.Random | None = None,
         buffered: Callable[[], int] | None = None,
@@ -247,11 +247,6 @@ class Peer:
         """Connects (or connections without a good answer) failed in a row: the
         backoff's exponent; 0 again after a good exchange."""
         return self._failures
-
-    @property
-    def generation(self) -> int:
-        """How many connections this peer has made (the current one's number)."""
-        return self._generation
 
     @property
     def idle(self) -> bool:
@@ -373,7 +368,7 @@ class Peer:
             # (or answers garbage) is not reconnected to in a tight loop.
             self._failures = 0 if self._answered else self._failures + 1
         log.debug("peer %s: %s", self.address, reason)
-        self._on_lost(reason, unsent, connected)
+        self._on_lost(reason, unsent)
 
     async def _connect(self) -> anyio.abc.ByteStream:
         try:
