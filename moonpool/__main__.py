@@ -4,18 +4,33 @@
 function returning one.  The report goes to stdout (text, or JSON with
 ``--json``), a progress line to stderr; the exit status is 1 when the simulation
 failed, 2 for usage errors.
+
+To explain a failing seed: ``--seed N --timeline`` prints what happened in it
+(``--timeline-host``/``--timeline-kind`` to filter), ``--seed N --shrink`` finds
+the few faults that make it fail and prints a ``--fault-plan`` that replays
+just those.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from moonpool.sim import FailureRecord, RunRecord, SimulationBuilder, SimulationInterrupted
+import msgspec
+
+from moonpool._ground._timeline import KINDS, format_timeline
+from moonpool.sim import (
+    FailureRecord,
+    RunRecord,
+    SimulationBuilder,
+    SimulationInterrupted,
+    SimulationReport,
+)
 
 __all__ = ["load_builder", "main"]
 
@@ -92,6 +107,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--quiet", action="store_true", help="no progress line")
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failing seed")
     run.add_argument("--base-seed", type=int, help="derive the seeds from this (reruns a batch)")
+    explain = run.add_argument_group("explaining a failure")
+    explain.add_argument(
+        "--timeline", action="store_true", help="print what happened in the seed (with --seed)"
+    )
+    explain.add_argument(
+        "--timeline-host", action="append", default=[], metavar="HOST", help="only this host"
+    )
+    explain.add_argument(
+        "--timeline-kind",
+        action="append",
+        default=[],
+        choices=KINDS,
+        metavar="KIND",
+        help=f"only events of this kind ({', '.join(KINDS)})",
+    )
+    explain.add_argument(
+        "--shrink", action="store_true", help="shrink the first failing seed's faults"
+    )
+    explain.add_argument(
+        "--shrink-time", type=float, default=60.0, metavar="S", help="wall seconds (default 60)"
+    )
+    explain.add_argument(
+        "--fault-plan",
+        metavar="PLAN",
+        help="allow only these faults (as --shrink prints them; @FILE reads a --json report)",
+    )
+    explain.add_argument(
+        "--check-determinism", action="store_true", help="run each seed twice and compare"
+    )
+    explain.add_argument(
+        "--strict-determinism",
+        action="store_true",
+        help="fail a seed whose code reads the real clock, global random or opens a socket",
+    )
+    database = run.add_mutually_exclusive_group()
+    database.add_argument(
+        "--database", metavar="DIR", help="failure database directory (default .moonpool)"
+    )
+    database.add_argument("--no-database", action="store_true", help="no failure database")
     args = parser.parse_args(argv)
 
     try:
@@ -100,7 +154,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"moonpool: {exc}", file=sys.stderr)
         return 2
     command = f"python -m moonpool run {shlex.quote(args.target)}"
-    builder.set_replay_hint(lambda seed: f"{command} --seed {seed}")
+    builder.set_replay_hint(
+        lambda seed: f"{command} --seed {seed}",
+        lambda seed, plan: f"{command} --seed {seed} --fault-plan {shlex.quote(plan)}",
+    )
+    path, _, attr = args.target.partition(":")
+    builder.set_name(f"{os.path.abspath(path)}:{attr or 'simulation'}")
+    try:
+        _explain_options(builder, args)
+    except UsageError as exc:
+        print(f"moonpool: {exc}", file=sys.stderr)
+        return 2
     if args.seed:
         builder.set_seeds(args.seed)
     if args.iterations is not None:
@@ -119,10 +183,74 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SimulationInterrupted as interrupted:
         report = interrupted.report  # what ran before Ctrl-C, then exit like Ctrl-C
     progress.finish()
+    if args.timeline and not args.json:
+        _print_timelines(report, args)
     print(report.to_json() if args.json else report)
     if report.interrupted:
         return 130
     return 0 if report.ok else 1
+
+
+def _explain_options(builder: SimulationBuilder, args: argparse.Namespace) -> None:
+    if args.timeline or args.timeline_host or args.timeline_kind:
+        builder.record_timeline()
+        args.timeline = True
+    if args.shrink:
+        if not args.shrink_time > 0:
+            raise UsageError("--shrink-time must be > 0 seconds")
+        builder.set_shrink(time_limit=args.shrink_time)
+    if args.fault_plan is not None:
+        try:
+            builder.set_fault_plan(_read_plan(args.fault_plan))
+        except ValueError as exc:
+            raise UsageError(f"--fault-plan: {exc}") from None
+    if args.check_determinism:
+        builder.set_check_determinism()
+    if args.strict_determinism:
+        builder.set_strict_determinism()
+    if args.no_database:
+        builder.set_database(None)
+    elif args.database is not None:
+        builder.set_database(args.database)
+
+
+def _read_plan(text: str) -> str:
+    """A plan given inline, or ``@FILE``: a --json report (its shrunk plan) or the plan."""
+    if not text.startswith("@"):
+        return text
+    try:
+        content = Path(text[1:]).read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read {text[1:]}: {exc}") from None
+    try:
+        document = msgspec.json.decode(content)
+    except msgspec.DecodeError:
+        return content.strip()
+    if isinstance(document, dict):
+        shrunk = document.get("shrunk", document)
+        if isinstance(shrunk, dict) and isinstance(shrunk.get("plan"), str):
+            return str(shrunk["plan"])
+    raise ValueError(f"{text[1:]} holds no fault plan (expected a --shrink --json report)")
+
+
+def _print_timelines(report: SimulationReport, args: argparse.Namespace) -> None:
+    """The timeline of each seed asked for, else of the first failing seed (else the first)."""
+    if args.seed:
+        runs = [run for run in report.runs if run.seed in set(args.seed)]
+    else:
+        failing = {failure.seed for failure in report.failures}
+        runs = [run for run in report.runs if run.seed in failing][:1] or list(report.runs[:1])
+    for run in runs:
+        shown = format_timeline(run.timeline, hosts=args.timeline_host, kinds=args.timeline_kind)
+        filters = ", ".join(
+            [f"host {h}" for h in args.timeline_host] + [f"kind {k}" for k in args.timeline_kind]
+        )
+        print(
+            f"timeline of seed {run.seed} ({'passed' if run.ok else 'FAILED'}; "
+            f"{len(run.timeline)} events{'; only ' + filters if filters else ''}):"
+        )
+        print(shown or "  (no event matches)")
+        print()
 
 
 if __name__ == "__main__":

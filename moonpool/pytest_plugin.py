@@ -3,11 +3,18 @@
 * ``--moonpool-seed N[,M…]`` replays those seeds in every simulation the selected
   tests run (``SimulationBuilder.run`` reads it), so a failure reported by CI is
   reproduced with the exact command printed in the report.
-* ``--moonpool-iterations N`` changes how many seeds each simulation runs.
+* ``--moonpool-iterations N`` runs exactly N seeds in each simulation.
+* ``--moonpool-timeline`` keeps each seed's whole timeline and shows the failing
+  seed's in the report; ``--moonpool-shrink`` shrinks the first failing seed's
+  faults; ``--moonpool-fault-plan PLAN`` replays with only those faults.
+* ``--moonpool-database DIR|off``: where failing seeds are saved and replayed
+  first (default ``.moonpool/`` under the current directory).  Each test is its
+  own key (its node id).
 * ``sim_network``: a :class:`~moonpool.net.SimNetwork` with default chaos for
   single-seed component tests under pytest-trio (use it with ``autojump_clock``).
-* A failing simulation test gets a "moonpool" report section listing the failing
-  seeds and the command that replays each.
+* A failing simulation test gets a "moonpool" report section with what its
+  failure message does not already say: the shrunk fault plan, the failing
+  seed's timeline, and how to get them.
 """
 
 from __future__ import annotations
@@ -18,12 +25,18 @@ from collections.abc import Generator
 
 import pytest
 
+from moonpool._ground._fault_plan import parse_fault_plan
 from moonpool._ground._run import stable_hash
+from moonpool._ground._timeline import format_timeline
 from moonpool.net import ChaosConfig, SimNetwork
 from moonpool.sim import SimulationFailed, _builder
 
 OPTION_SEED = "--moonpool-seed"
 OPTION_ITERATIONS = "--moonpool-iterations"
+OPTION_FAULT_PLAN = "--moonpool-fault-plan"
+OPTION_TIMELINE = "--moonpool-timeline"
+OPTION_SHRINK = "--moonpool-shrink"
+OPTION_DATABASE = "--moonpool-database"
 SECTION = "moonpool"
 
 
@@ -42,7 +55,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="run N seeds in each simulation instead of the test's own count",
+        help="run exactly N seeds in each simulation instead of the test's own count",
+    )
+    group.addoption(
+        OPTION_FAULT_PLAN,
+        dest="moonpool_fault_plan",
+        default=None,
+        metavar="PLAN",
+        help="allow only these faults (as a shrink prints them)",
+    )
+    group.addoption(
+        OPTION_TIMELINE,
+        dest="moonpool_timeline",
+        action="store_true",
+        help="keep each seed's timeline and show the failing seed's",
+    )
+    group.addoption(
+        OPTION_SHRINK,
+        dest="moonpool_shrink",
+        type=float,
+        nargs="?",
+        const=_builder.SHRINK_TIME_LIMIT,
+        default=None,
+        metavar="SECONDS",
+        help="shrink the first failing seed's faults (within SECONDS, default 60)",
+    )
+    group.addoption(
+        OPTION_DATABASE,
+        dest="moonpool_database",
+        default=None,
+        metavar="DIR|off",
+        help="failure database directory (default .moonpool), or off",
     )
 
 
@@ -61,16 +104,36 @@ def pytest_configure(config: pytest.Config) -> None:
         if iterations < 1:
             raise pytest.UsageError(f"{OPTION_ITERATIONS} must be >= 1, got {iterations}")
         os.environ[_builder.ENV_ITERATIONS] = str(iterations)
+    plan = config.getoption("moonpool_fault_plan")
+    if plan is not None:
+        try:
+            parse_fault_plan(plan)
+        except ValueError as exc:
+            raise pytest.UsageError(f"{OPTION_FAULT_PLAN}: {exc}") from None
+        os.environ[_builder.ENV_FAULT_PLAN] = plan
+    if config.getoption("moonpool_timeline"):
+        os.environ[_builder.ENV_TIMELINE] = "1"
+    shrink = config.getoption("moonpool_shrink")
+    if shrink is not None:
+        if not shrink > 0:
+            raise pytest.UsageError(f"{OPTION_SHRINK} takes a number of seconds > 0")
+        os.environ[_builder.ENV_SHRINK] = str(shrink)
+    database = config.getoption("moonpool_database")
+    if database is not None:
+        os.environ[_builder.ENV_DATABASE] = database
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    saved = _builder.replay_template
-    _builder.replay_template = f"pytest {shlex.quote(item.nodeid)} {OPTION_SEED} {{seed}}"
+    saved = _builder.replay_template, _builder.plan_replay_template, _builder.default_name
+    command = f"pytest {shlex.quote(item.nodeid)} {OPTION_SEED} {{seed}}"
+    _builder.replay_template = command
+    _builder.plan_replay_template = f"{command} {OPTION_FAULT_PLAN} {{plan}}"
+    _builder.default_name = item.nodeid
     try:
         yield
     finally:
-        _builder.replay_template = saved
+        _builder.replay_template, _builder.plan_replay_template, _builder.default_name = saved
 
 
 @pytest.hookimpl(wrapper=True)
@@ -79,15 +142,31 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report: pytest.TestReport = yield
     if call.excinfo is not None and isinstance(call.excinfo.value, SimulationFailed):
-        simulation = call.excinfo.value.report
-        lines = [f"{len(simulation.failures)} failing seed(s) of {simulation.iterations}:"]
-        for failure in simulation.failures:
-            lines.append(f"  seed {failure.seed} [{failure.kind}] {failure.error}")
-            lines.append(f"    replay: {failure.replay}")
-        for summary in simulation.missed_assertions:
-            lines.append(f"  MISS {summary.kind}({summary.message!r})")
-        report.sections.append((SECTION, "\n".join(lines)))
+        report.sections.append((SECTION, _section(item, call.excinfo.value)))
     return report
+
+
+def _section(item: pytest.Item, failed: SimulationFailed) -> str:
+    """What the failure message (which lists the failing seeds) leaves out."""
+    simulation = failed.report
+    lines: list[str] = []
+    if simulation.shrunk is not None:
+        lines.append(str(simulation.shrunk))
+    if simulation.failures:
+        first = simulation.failures[0]
+        timeline = next(
+            (run.timeline for run in simulation.runs if run.seed == first.seed and run.timeline),
+            None,
+        )
+        if timeline:
+            lines.append(f"timeline of seed {first.seed}:")
+            lines.append(format_timeline(timeline))
+        command = f"pytest {shlex.quote(item.nodeid)} {OPTION_SEED} {first.seed}"
+        if timeline is None:
+            lines.append(f"the whole timeline of seed {first.seed}: {command} {OPTION_TIMELINE}")
+        if simulation.shrunk is None:
+            lines.append(f"the faults that matter: {command} {OPTION_SHRINK}")
+    return "\n".join(lines)
 
 
 @pytest.fixture

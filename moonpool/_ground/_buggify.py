@@ -67,14 +67,20 @@ def _decide(probability: float, depth: int) -> bool:
         return False
     frame = sys._getframe(depth)
     site = site_name(frame.f_code, frame.f_lineno)
-    active = run.buggify_sites.get(site)
-    if active is None:
-        # Activation depends only on (seed, site), not on which site is reached first.
-        active = derive_random(run.seed, site).random() < run.buggify_activation
-        run.buggify_sites[site] = active
-    if not active:
+    sites = run.buggify_sites
+    if site in sites:
+        stream = sites[site]
+    else:
+        # Activation depends only on (seed, site), not on which site is reached
+        # first; an active site then draws its firings from the same stream, its
+        # own, so that suppressing one firing (a shrink) moves no other site's dice.
+        stream = derive_random(run.seed, site)
+        if stream.random() >= run.buggify_activation:
+            stream = None
+        sites[site] = stream
+    if stream is None or stream.random() >= probability:
         return False
-    fired = run.buggify_random.random() < probability
-    if fired:
-        run.record_fault("buggify", site)
-    return fired
+    if not run.admit_fault(f"buggify/{site}", "buggify", f"buggify {site}"):
+        return False
+    run.faults["buggify"] = run.faults.get("buggify", 0) + 1
+    return True

@@ -13,6 +13,9 @@ import random
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from moonpool._ground._fault_plan import InjectedFault
+from moonpool._ground._timeline import Timeline
+
 __all__ = ["SimRun", "current_run", "derive_random", "in_simulation", "sim_random", "stable_hash"]
 
 _FNV_PRIME = 0x100000001B3
@@ -69,13 +72,21 @@ class SimRun:
     assertion_failures: list[str] = field(default_factory=list)
     #: The values passed to the first violated ``always``/``unreachable`` (repr'd).
     violation_details: dict[str, str] = field(default_factory=dict)
-    buggify_sites: dict[str, bool] = field(default_factory=dict)
-    buggify_random: random.Random = field(init=False)
+    #: Per buggify site reached: its own random stream when active, else None.
+    buggify_sites: dict[str, random.Random | None] = field(default_factory=dict)
+    #: Keep the whole timeline (a replay asked for it), not just its tail.
+    record_timeline: bool = False
+    #: The names of the faults allowed to happen (a shrink's replay), or None: all.
+    fault_plan: frozenset[str] | None = None
+    #: Every fault that happened and could be suppressed, in order (for shrinking).
+    fault_log: list[InjectedFault] = field(default_factory=list)
+    timeline: Timeline = field(init=False)
     random: random.Random = field(init=False)
+    _ordinals: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.buggify_random = derive_random(self.seed, "buggify")
         self.random = derive_random(self.seed, "sim")
+        self.timeline = Timeline(complete=self.record_timeline)
 
     def trace(self, value: int) -> None:
         """Fold one observed event into the trace hash (FNV-1a over 64-bit words)."""
@@ -89,9 +100,41 @@ class SimRun:
         self.observed[name] = self.observed.get(name, 0) + 1
 
     def record_fault(self, family: str, detail: str = "") -> None:
-        """Count an injected fault and make it part of the trace."""
+        """Count a fault that no plan can suppress (a test's own) and trace it."""
         self.faults[family] = self.faults.get(family, 0) + 1
         self.trace_text(f"fault:{family}:{detail}")
+        self.timeline.add("fault", f"{family} {detail}".rstrip())
+
+    def admit_fault(
+        self,
+        name: str,
+        family: str,
+        text: str,
+        host: str | None = None,
+        ordinal: int | None = None,
+    ) -> bool:
+        """The dice decided on a fault: whether it happens (the fault plan may say no).
+
+        ``name`` says what the decision was about (``reset/a->b``); the fault is
+        ``name#k``, k counting such decisions so far (or ``ordinal``).  An admitted
+        fault is traced, put on the timeline and logged for shrinking; the caller
+        counts it.
+        """
+        if ordinal is None:
+            ordinal = self._ordinals.get(name, 0)
+            self._ordinals[name] = ordinal + 1
+        fault_id = f"{name}#{ordinal}"
+        plan = self.fault_plan
+        if plan is not None and fault_id not in plan:
+            return False
+        event = self.timeline.add("fault", text, host)
+        self.fault_log.append(InjectedFault(fault_id, family, event.time, event.host, text))
+        self.trace_text(f"fault:{fault_id}")
+        return True
+
+    def note(self, kind: str, text: str, host: str | None = None) -> None:
+        """Put an event on the timeline (``host``: the running task's, by default)."""
+        self.timeline.add(kind, text, host)
 
 
 _current: ContextVar[SimRun | None] = ContextVar("moonpool_sim_run", default=None)

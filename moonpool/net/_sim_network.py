@@ -83,6 +83,9 @@ class _Connection:
         world.live[connection_id] = self
 
     def reset(self) -> None:
+        run = self.world.run
+        if run is not None and self.id in self.world.live:
+            run.note("net", f"connection reset {self.client}<->{self.server}", self.client.host)
         for direction in (self.forward, self.reverse):
             direction.broken = True
             direction.chunks.clear()
@@ -231,12 +234,15 @@ class SimStream(anyio.abc.ByteStream):
                 parts.append(data)
                 taken += len(data)
         result = parts[0] if len(parts) == 1 else b"".join(parts)
-        keep = self._world.faults.short_read(len(result))
+        world, pair = self._world, (self._remote.host, self._local.host)
+        offset = world.read.get(pair, 0)
+        keep = world.faults.short_read(len(result), *pair, at=offset)
         if keep == len(result) and len(result) > 1 and buggify():
             keep = 1
         if keep < len(result):
             chunks.appendleft((now, result[keep:]))
             result = result[:keep]
+        world.read[pair] = offset + len(result)
         direction.in_flight -= len(result)
         direction.writable.unpark_all()
         return result
@@ -262,10 +268,10 @@ class SimStream(anyio.abc.ByteStream):
         """
         if not data or self._sending or self._closed or self._eof_sent or self._out.broken:
             return 0
-        if self._draw_reset():
-            return 0
         room = self._world.buffer_size - self._out.in_flight
         if room <= 0:
+            return 0  # decides nothing: a full buffer is retried at the same byte
+        if self._draw_reset():
             return 0
         points = self._split_points(len(data))
         size = min(points[0] if points else len(data), room)
@@ -274,14 +280,17 @@ class SimStream(anyio.abc.ByteStream):
 
     def _draw_reset(self) -> bool:
         """Whether the fault injector resets the connection at this write (it then is)."""
-        if self._world.faults.resets(self._local.host, self._remote.host):
+        src, dst = self._local.host, self._remote.host
+        if self._world.faults.resets(src, dst, self._world.written.get((src, dst), 0)):
             self._connection.reset()
             return True
         return False
 
     def _split_points(self, size: int) -> list[int]:
         """Where a write of ``size`` bytes is cut into separately delivered pieces."""
-        points = self._world.faults.split_points(size)
+        src, dst = self._local.host, self._remote.host
+        offset = self._world.written.get((src, dst), 0)
+        points = self._world.faults.split_points(size, src, dst, offset)
         if not points and size > 1 and buggify():
             points = [size // 2]
         return points
@@ -315,8 +324,10 @@ class SimStream(anyio.abc.ByteStream):
         world, direction = self._world, self._out
         src, dst = self._local.host, self._remote.host
         now = trio.current_time()
+        offset = world.written.get((src, dst), 0)
+        world.written[src, dst] = offset + len(data)
         arrival = now + world.faults.latency(src, dst)
-        clog = world.faults.clog_duration(src, dst)
+        clog = world.faults.clog_duration(src, dst, offset)
         if clog:
             direction.clogged_until = max(direction.clogged_until, now + clog)
         blocked_until = world.faults.partition_until(src, dst, now)
@@ -324,7 +335,7 @@ class SimStream(anyio.abc.ByteStream):
             arrival, direction.last_arrival, direction.clogged_until, blocked_until or 0.0
         )
         direction.last_arrival = arrival
-        direction.chunks.append((arrival, world.faults.maybe_flip_bit(data)))
+        direction.chunks.append((arrival, world.faults.maybe_flip_bit(data, src, dst, offset)))
         direction.in_flight += len(data)
         direction.readable.unpark_all()
 
@@ -359,6 +370,9 @@ class SimStream(anyio.abc.ByteStream):
             return
         self._closed = True
         self._life.streams.pop(id(self), None)
+        run = self._world.run
+        if run is not None and self._connection.id in self._world.live:
+            run.note("net", f"close {self._local}->{self._remote}", self._local.host)
         self._connection.end_closed()
         if not self._eof_sent and not self._out.broken:
             self._eof_sent = True
@@ -403,6 +417,9 @@ class SimListener:
         if self._closed:
             raise anyio.ClosedResourceError
         stream = self._pending.popleft()
+        run = self._world.run
+        if run is not None:
+            run.note("net", f"accept {stream._remote}->{self._address}", self._address.host)
         await trio.lowlevel.cancel_shielded_checkpoint()
         return stream
 
@@ -438,8 +455,14 @@ class _World:
 
     def __init__(self, seed: int, chaos: ChaosConfig, buffer_size: int) -> None:
         self.hosts: list[str] = []
-        self.faults = FaultInjector(seed, chaos, lambda: self.hosts, self._trace_fault)
+        run = self.run = current_run()
+        admit = run.admit_fault if run is not None else None
+        self.faults = FaultInjector(seed, chaos, lambda: self.hosts, admit)
         self.buffer_size = buffer_size
+        # Bytes written and read so far per (source host, destination host), over
+        # every connection: where data-path fault decisions are made (see _faults).
+        self.written: dict[tuple[str, str], int] = {}
+        self.read: dict[tuple[str, str], int] = {}
         self.listeners: dict[Address, SimListener] = {}
         self.next_port: dict[str, int] = {}
         self.connections = 0
@@ -472,11 +495,13 @@ class _World:
                     direction.eof_at = min(direction.eof_at, due)
                 direction.readable.unpark_all()
 
-    @staticmethod
-    def _trace_fault(family: str, detail: str) -> None:
-        run = current_run()
-        if run is not None:
-            run.trace_text(f"fault:{family}:{detail}")
+    def manual_fault(self, family: str, text: str) -> None:
+        """A fault a test asked for by hand: counted and traced, never suppressed."""
+        faults = self.faults
+        faults.counts[family] = faults.counts.get(family, 0) + 1
+        if self.run is not None:
+            self.run.trace_text(f"fault:{family}:{text}")
+            self.run.note("fault", text)
 
     def add_host(self, host: str) -> None:
         if host not in self.hosts:
@@ -577,14 +602,16 @@ class SimNetwork:
         self._life.check_alive("partition the network")
         now = trio.current_time()
         self._world.faults.partitions.add(Partition(a, b, now, now + duration))
-        self._world.faults.record("partition", f"{a}|{b} manual")
+        self._world.manual_fault("partition", f"partition {a}|{b} for {duration:.3f}s (by hand)")
 
     def isolate(self, host: str, duration: float) -> None:
         """Cut ``host`` off from every other host for ``duration`` seconds from now."""
         self._life.check_alive("partition the network")
         now = trio.current_time()
         self._world.faults.partitions.add(Partition(host, None, now, now + duration))
-        self._world.faults.record("partition", f"{host} isolated manual")
+        self._world.manual_fault(
+            "partition", f"partition {host} isolated for {duration:.3f}s (by hand)"
+        )
 
     # -- NetworkProvider ------------------------------------------------------------
 
@@ -630,6 +657,8 @@ class SimNetwork:
                 due = max(started + handshake, blocked or 0.0)
         if due > deadline:
             await trio.sleep_until(deadline)
+            if world.run is not None:
+                world.run.note("net", f"connect to {address} timed out", self.host)
             raise TimeoutError(
                 f"connect to {address} from {self.host} timed out after "
                 f"{self.connect_timeout}s" + (" (network partition)" if blocked else "")
@@ -640,6 +669,8 @@ class SimNetwork:
             raise ConnectionRefusedError(f"connection to {address} refused (simulated fault)")
         listener = world.listeners.get(target)
         if listener is None or listener._closed:
+            if world.run is not None:
+                world.run.note("net", f"connect to {address} refused: nothing listens", self.host)
             raise ConnectionRefusedError(f"connection to {address} refused: nothing listens there")
         world.connections += 1
         local = Address(self.host, world.ephemeral_port(self.host))
@@ -656,8 +687,9 @@ class SimNetwork:
             local,
             listener._life,
         )
-        run = current_run()
+        run = world.run
         if run is not None:
             run.trace_text(f"connect:{local}->{target}")
+            run.note("net", f"connect {local}->{target}", self.host)
         listener._deliver(server)
         return client

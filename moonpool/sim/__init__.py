@@ -9,8 +9,10 @@ and the same seed always replays the same run.
 """
 
 from moonpool._ground._buggify import buggify, buggify_with_prob
+from moonpool._ground._fault_plan import InjectedFault
 from moonpool._ground._run import in_simulation
 from moonpool._ground._run import sim_random as random
+from moonpool._ground._timeline import TimelineEvent
 from moonpool.net._chaos import ChaosConfig, LatencyConfig
 from moonpool.sim._assertions import (
     AssertionViolation,
@@ -28,6 +30,8 @@ from moonpool.sim._builder import (
     UntilAllSometimesReached,
 )
 from moonpool.sim._context import KillKind, ProcessContext, WorkloadContext
+from moonpool.sim._database import FailureDatabase, MoonpoolDatabaseWarning, SavedSeed
+from moonpool.sim._guards import NondeterminismError, NondeterminismWarning, NondeterministicCall
 from moonpool.sim._report import (
     AssertionSummary,
     FailureRecord,
@@ -37,6 +41,7 @@ from moonpool.sim._report import (
     SimulationInterrupted,
     SimulationReport,
 )
+from moonpool.sim._shrink import ShrunkPlan
 from moonpool.sim._workload import Process, Workload, WorkloadFunction
 
 __all__ = [
@@ -44,20 +49,29 @@ __all__ = [
     "AssertionSummary",
     "AssertionViolation",
     "ChaosConfig",
+    "FailureDatabase",
     "FailureRecord",
     "FixedCount",
+    "InjectedFault",
     "IterationControl",
     "KillKind",
     "LatencyConfig",
+    "MoonpoolDatabaseWarning",
+    "NondeterminismError",
+    "NondeterminismWarning",
+    "NondeterministicCall",
     "Process",
     "ProcessContext",
     "ProcessEvent",
     "RunRecord",
+    "SavedSeed",
+    "ShrunkPlan",
     "SimulationBuilder",
     "SimulationFailed",
     "SimulationInterrupted",
     "SimulationReport",
     "TimeLimit",
+    "TimelineEvent",
     "UntilAllSometimesReached",
     "Workload",
     "WorkloadContext",

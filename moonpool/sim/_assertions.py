@@ -92,4 +92,5 @@ def _violate(description: str, details: dict[str, object]) -> None:
         run.violation_details = shown
     if shown:
         description += " with " + ", ".join(f"{name}={text}" for name, text in shown.items())
+    run.note("assertion", description)
     raise AssertionViolation(description)

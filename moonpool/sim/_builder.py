@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import random
 import re
+import shlex
 import time
-from collections.abc import Callable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Self, final
 
 import msgspec
 
+from moonpool._ground._fault_plan import format_fault_plan, parse_fault_plan
 from moonpool._ground._run import AssertionRecord
 from moonpool.net._chaos import ChaosConfig
 from moonpool.sim._attrition import Attrition
+from moonpool.sim._database import DEFAULT_DIRECTORY, FailureDatabase
 from moonpool.sim._declared_sites import declared_sites
-from moonpool.sim._interrupt import ctrl_c_handled
+from moonpool.sim._guards import NondeterminismWarning
+from moonpool.sim._interrupt import CtrlC, ctrl_c_handled
 from moonpool.sim._iteration import (
     IterationConfig,
     IterationResult,
@@ -31,6 +38,8 @@ from moonpool.sim._report import (
     SimulationInterrupted,
     SimulationReport,
 )
+from moonpool.sim._shrink import ShrunkPlan, shrink_faults
+from moonpool.sim._timeline_diff import first_divergence
 from moonpool.sim._workload import Process, ProcessSpec, Workload, WorkloadFunction, WorkloadSpec
 
 __all__ = [
@@ -87,15 +96,34 @@ IterationControl = FixedCount | TimeLimit | UntilAllSometimesReached
 #: simulations that tests construct themselves.
 ENV_SEED = "MOONPOOL_SEED"
 ENV_ITERATIONS = "MOONPOOL_ITERATIONS"
+ENV_FAULT_PLAN = "MOONPOOL_FAULT_PLAN"
+#: A directory for the failure database, or ``off``.
+ENV_DATABASE = "MOONPOOL_DATABASE"
+#: Set: keep every seed's whole timeline.  A number: shrink within that many seconds.
+ENV_TIMELINE = "MOONPOOL_TIMELINE"
+ENV_SHRINK = "MOONPOOL_SHRINK"
 
 
 #: How failure reports say to replay a seed when the builder was not told; the
 #: pytest plugin points it at the running test, the CLI at its own command line.
 replay_template: str = "SimulationBuilder().set_seeds([{seed}])"
+#: How to replay a seed with a fault plan (``{plan}`` shell-quoted, ``{plan_repr}``
+#: as a Python string).
+plan_replay_template: str = "SimulationBuilder().set_seeds([{seed}]).set_fault_plan({plan_repr})"
+#: The failure database's key when the builder has no name (the pytest plugin
+#: sets it to the running test's node id).
+default_name: str | None = None
+
+#: How many wall-clock seconds ``--shrink`` searches by default.
+SHRINK_TIME_LIMIT = 60.0
 
 
 def _default_replay(seed: int) -> str:
     return replay_template.format(seed=seed)
+
+
+def _default_plan_replay(seed: int, plan: str) -> str:
+    return plan_replay_template.format(seed=seed, plan=shlex.quote(plan), plan_repr=repr(plan))
 
 
 class SimulationBuilder:
@@ -123,7 +151,15 @@ class SimulationBuilder:
         self._progress: Callable[[RunRecord, FailureRecord | None], None] | None = None
         self._fail_fast = False
         self._replay: Callable[[int], str] = _default_replay
+        self._plan_replay: Callable[[int, str], str] = _default_plan_replay
         self._network_factory: NetworkFactory | None = None
+        self._record_timeline = False
+        self._fault_plan: frozenset[str] | None = None
+        self._name: str | None = None
+        self._database: str | os.PathLike[str] | None = DEFAULT_DIRECTORY
+        self._shrink_limit: float | None = None
+        self._check_determinism = False
+        self._strict_determinism = False
 
     # -- configuration ------------------------------------------------------------
 
@@ -253,10 +289,146 @@ class SimulationBuilder:
         self._progress = callback
         return self
 
-    def set_replay_hint(self, hint: Callable[[int], str]) -> Self:
-        """How failure reports tell the user to replay a seed."""
+    def set_replay_hint(
+        self, hint: Callable[[int], str], plan_hint: Callable[[int, str], str] | None = None
+    ) -> Self:
+        """How failure reports tell the user to replay a seed (and a seed with a fault plan)."""
         self._replay = hint
+        if plan_hint is not None:
+            self._plan_replay = plan_hint
         return self
+
+    # -- explaining a failure -------------------------------------------------------
+
+    def record_timeline(self, enabled: bool = True) -> Self:
+        """Keep each seed's whole timeline on its :class:`RunRecord` (CLI ``--timeline``).
+
+        Every seed keeps the tail of its timeline for a failure anyway; the whole
+        of it is for replaying one seed (it costs memory per event).
+        """
+        self._record_timeline = bool(enabled)
+        return self
+
+    def set_fault_plan(self, plan: str | Iterable[str] | None) -> Self:
+        """Allow only these faults (names as ``--shrink`` prints them; None: every fault).
+
+        With :meth:`set_seeds`, this replays a shrunk failure exactly: the same
+        seed, every fault outside the plan drawn and then suppressed.
+        """
+        if plan is None:
+            self._fault_plan = None
+        elif isinstance(plan, str):
+            self._fault_plan = parse_fault_plan(plan)
+        else:
+            self._fault_plan = parse_fault_plan(",".join(plan))
+        return self
+
+    def set_shrink(self, enabled: bool = True, *, time_limit: float = SHRINK_TIME_LIMIT) -> Self:
+        """After the run, shrink the first failing seed's faults (:meth:`shrink`) into
+        ``report.shrunk`` (CLI ``--shrink``)."""
+        self._shrink_limit = _positive_seconds("shrink time limit", time_limit) if enabled else None
+        return self
+
+    def set_check_determinism(self, enabled: bool = True) -> Self:
+        """Run every seed twice and fail it when the two runs differ (``--check-determinism``).
+
+        The failure names the first event where the two timelines part.
+        """
+        self._check_determinism = bool(enabled)
+        return self
+
+    def set_strict_determinism(self, enabled: bool = True) -> Self:
+        """Fail a seed whose code reads the real clock, the global ``random``, the OS's
+        entropy or opens a real socket (by default such calls are reported and run)."""
+        self._strict_determinism = bool(enabled)
+        return self
+
+    def set_name(self, name: str) -> Self:
+        """Name this simulation: the failure database keeps its failing seeds under it.
+
+        Default: the running test's node id under pytest, the target under the CLI,
+        else the qualified names of the registered processes and workloads.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a simulation's name is a non-empty string, got {name!r}")
+        self._name = name
+        return self
+
+    def set_database(self, directory: str | os.PathLike[str] | None) -> Self:
+        """Where failing seeds are saved and replayed first (None: no database).
+
+        Default ``.moonpool/`` under the current directory; the environment
+        variable ``MOONPOOL_DATABASE`` (a directory, or ``off``) overrides it.
+        """
+        self._database = directory
+        return self
+
+    @property
+    def name(self) -> str:
+        """The failure database's key for this simulation (see :meth:`set_name`)."""
+        if self._name is not None:
+            return self._name
+        if default_name is not None:
+            return default_name
+        parts = [_qualified(spec.fn) for spec in self._processes]
+        parts += [_qualified(spec.factory or spec.fn) for spec in self._workloads]
+        return " ".join(parts) or "simulation"
+
+    def _failure_database(self) -> FailureDatabase | None:
+        setting = os.environ.get(ENV_DATABASE)
+        directory: str | os.PathLike[str] | None = self._database
+        if setting:
+            directory = None if setting == "off" else setting
+        if directory is None or self._fault_plan is not None:
+            return None  # a plan's replay is not the seed's verdict
+        return FailureDatabase(Path(directory))
+
+    def shrink(self, seed: int, *, time_limit: float = SHRINK_TIME_LIMIT) -> ShrunkPlan:
+        """A small set of ``seed``'s faults that still makes it fail the same way.
+
+        Replays the seed with faults suppressed (delta debugging over the names of
+        the faults it injected, whole families first) until removing any one more
+        fault makes it pass, or ``time_limit`` wall seconds have passed.  Raises
+        ``ValueError`` when the seed passes.
+        """
+        _positive_seconds("shrink time limit", time_limit)
+        self._apply_environment()
+        started = time.perf_counter()
+        config = self._iteration_config(seed)
+        original = run_iteration(seed, config, self._replay)
+        if original.failure is None:
+            raise ValueError(f"seed {seed} passes: there is no failure to shrink")
+        signature = _signature(original)
+
+        def fails(plan: frozenset[str]) -> bool:
+            replay = run_iteration(seed, dataclasses.replace(config, fault_plan=plan), self._replay)
+            return replay.failure is not None and _signature(replay) == signature
+
+        kept, replays, minimal = shrink_faults(original.run.fault_log, fails, time_limit=time_limit)
+        plan = frozenset(fault.id for fault in kept)
+        # Once more, to report the kept faults as they happen under the plan alone.
+        final = run_iteration(
+            seed,
+            dataclasses.replace(config, fault_plan=plan, record_timeline=True),
+            self._replay,
+        )
+        if final.failure is None or _signature(final) != signature:  # pragma: no cover
+            raise RuntimeError(
+                f"seed {seed} with fault plan {format_fault_plan(sorted(plan))!r} failed while "
+                f"shrinking, but not on this replay: the simulation is not deterministic "
+                f"(try --check-determinism)"
+            )
+        text = format_fault_plan(fault.id for fault in final.record.injected)
+        return ShrunkPlan(
+            seed=seed,
+            faults=tuple(final.record.injected),
+            original_faults=len(original.run.fault_log),
+            failure=final.failure.error,
+            replays=replays + 2,
+            wall_time=time.perf_counter() - started,
+            minimal=minimal,
+            replay=self._plan_replay(seed, text),
+        )
 
     def set_network_factory(self, factory: NetworkFactory) -> Self:
         """Replace the per-iteration network (advanced; default: a ``SimNetwork``)."""
@@ -279,14 +451,25 @@ class SimulationBuilder:
         iterations = os.environ.get(ENV_ITERATIONS)
         if iterations and self._seeds is None:
             self.override_iterations(int(iterations))
+        plan = os.environ.get(ENV_FAULT_PLAN)
+        if plan and self._fault_plan is None:
+            self.set_fault_plan(plan)
+        if os.environ.get(ENV_TIMELINE):
+            self.record_timeline()
+        shrink = os.environ.get(ENV_SHRINK)
+        if shrink and self._shrink_limit is None:
+            self.set_shrink(time_limit=float(shrink))
 
-    def _seed_stream(self, base: int) -> Iterator[int]:
+    def _seed_stream(self, base: int, saved: Sequence[int] = ()) -> Iterator[int]:
         if self._seeds is not None:
             yield from self._seeds
             return
+        yield from saved  # the failure database's seeds first, like hypothesis' examples
         generator = random.Random(base)
         while True:
-            yield generator.getrandbits(32)
+            seed = generator.getrandbits(32)
+            if seed not in saved:
+                yield seed
 
     def run(self) -> SimulationReport:
         """Run the simulation synchronously (each seed is its own ``trio.run``).
@@ -324,6 +507,14 @@ class SimulationBuilder:
         base = self._base_seed
         if base is None:
             base = int.from_bytes(os.urandom(8), "little")
+        database = self._failure_database()
+        key = self.name
+        saved: list[int] = []
+        if database is not None and self._seeds is None and self._base_seed is None:
+            saved = database.seeds(key)  # not for a batch asked for by its base seed
+        known_failing = set(saved)
+        nondeterministic: dict[str, None] = {}
+        shrunk: list[ShrunkPlan] = []
 
         def report(*, interrupted: bool = False) -> SimulationReport:
             return SimulationReport(
@@ -343,15 +534,37 @@ class SimulationBuilder:
                 observed_totals=dict(sorted(observed_totals.items())),
                 stopped_because="interrupted (Ctrl-C)" if interrupted else "".join(stopped[:1]),
                 base_seed=None if self._seeds is not None else base,
+                database_seeds=tuple(saved[: len(runs)]),
+                database=None if database is None else str(database.path_for(key)),
+                nondeterministic=tuple(nondeterministic),
+                shrunk=shrunk[0] if shrunk else None,
+                fault_plan=None
+                if self._fault_plan is None
+                else format_fault_plan(sorted(self._fault_plan)),
             )
 
         with ctrl_c_handled() as ctrl_c:
-            for seed in self._seed_stream(base):
+            for seed in self._seed_stream(base, saved):
                 config = self._iteration_config(seed)
+                if self._check_determinism:
+                    config = dataclasses.replace(config, record_timeline=True)
                 try:
                     result = run_iteration(seed, config, self._replay, ctrl_c)
+                    if self._check_determinism:
+                        result = self._compare_with_rerun(result, config, ctrl_c)
                 except KeyboardInterrupt as exc:  # Ctrl-C cut the seed short
                     raise SimulationInterrupted(report(interrupted=True)) from exc
+                if database is not None:
+                    failed = result.failure is not None
+                    if failed or seed in known_failing:
+                        error = result.failure.error if result.failure is not None else ""
+                        database.record(key, seed, failed=failed, error=error)
+                    if failed:
+                        known_failing.add(seed)
+                for line in result.record.nondeterministic:
+                    if line not in nondeterministic:
+                        nondeterministic[line] = None
+                        warnings.warn(line, NondeterminismWarning, stacklevel=2)
                 runs.append(result.record)
                 if result.failure is not None:
                     failures.append(result.failure)
@@ -374,7 +587,42 @@ class SimulationBuilder:
                     break
             else:
                 stopped.append(f"ran the {len(runs)} seed(s) given")
+            if self._shrink_limit is not None and failures:
+                try:
+                    shrunk.append(self.shrink(failures[0].seed, time_limit=self._shrink_limit))
+                except KeyboardInterrupt as exc:
+                    raise SimulationInterrupted(report(interrupted=True)) from exc
         return report()
+
+    def _compare_with_rerun(
+        self, first: IterationResult, config: IterationConfig, ctrl_c: CtrlC
+    ) -> IterationResult:
+        """Run ``first``'s seed again (both with timelines): a different trace hash
+        fails the seed, naming the first event where the two runs part."""
+        seed = first.record.seed
+        second = run_iteration(seed, config, self._replay, ctrl_c)
+        record = first.record
+        if not self._record_timeline:  # kept only to compare: drop them now
+            record = dataclasses.replace(record, timeline=(), injected=())
+        if second.record.trace_hash == first.record.trace_hash:
+            return dataclasses.replace(first, record=record)
+        message = (
+            f"seed {seed} is not deterministic: run twice, it gave trace hashes "
+            f"{first.record.trace_hash} and {second.record.trace_hash}"
+        )
+        where = first_divergence(first.record.timeline, second.record.timeline)
+        calls = first.record.nondeterministic or second.record.nondeterministic
+        hint = "\n".join(["Nondeterministic calls seen:", *calls]) if calls else ""
+        failure = FailureRecord(
+            seed=seed,
+            kind="nondeterminism",
+            error=message,
+            traceback="\n".join(part for part in (message, where, hint) if part),
+            sim_time=first.record.sim_time,
+            replay=self._replay(seed),
+        )
+        record = dataclasses.replace(record, ok=False)
+        return dataclasses.replace(first, record=record, failure=failure)
 
     def _declared_sites(self) -> list[tuple[str, str]]:
         code: list[object] = [spec.fn for spec in self._processes]
@@ -399,6 +647,9 @@ class SimulationBuilder:
             sim_time_budget=self._sim_time_budget,
             wall_time_budget=self._wall_time_budget,
             network_factory=self._network_factory,
+            record_timeline=self._record_timeline,
+            fault_plan=self._fault_plan,
+            strict_determinism=self._strict_determinism,
         )
 
 
@@ -411,6 +662,22 @@ def _plainly_not_async(fn: object) -> bool:
     return (inspect.isfunction(fn) or inspect.ismethod(fn)) and not (
         inspect.iscoroutinefunction(fn)
     )
+
+
+def _qualified(fn: object) -> str:
+    module = getattr(fn, "__module__", None) or "?"
+    return f"{module}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+
+
+def _signature(result: IterationResult) -> tuple[str, str]:
+    """What makes two failures "the same" for shrinking: the kind, and the violated
+    site or the exception's type (not its message, which may carry values)."""
+    failure = result.failure
+    assert failure is not None
+    if failure.kind == "assertion" and result.run.assertion_failures:
+        return failure.kind, result.run.assertion_failures[0]
+    raised = re.search(r" raised ([\w.]+)", failure.error)
+    return failure.kind, raised.group(1) if raised else ""
 
 
 def _positive_seconds(what: str, seconds: float) -> float:

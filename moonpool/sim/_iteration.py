@@ -30,9 +30,11 @@ import anyio
 import trio
 
 from moonpool._ground._run import SimRun, derive_random, reset_current_run, set_current_run
+from moonpool._ground._timeline import TimelineEvent, set_current_host
 from moonpool.sim._attrition import Attrition
 from moonpool.sim._context import WorkloadContext
 from moonpool.sim._exceptions import describe_exception, split_cancellation, violation_in
+from moonpool.sim._guards import NondeterministicCall, determinism_guards
 from moonpool.sim._interrupt import CtrlC
 from moonpool.sim._logs import captured_logs
 from moonpool.sim._processes import Processes
@@ -66,6 +68,12 @@ class IterationConfig:
     attrition: Attrition | None = None
     settle_time: float = 5.0
     network_factory: NetworkFactory | None = None
+    #: Keep the seed's whole timeline (else only its tail, for a failure).
+    record_timeline: bool = False
+    #: Only these faults may happen (a shrink's replay); None: every fault.
+    fault_plan: frozenset[str] | None = None
+    #: A nondeterministic call from user code fails the seed (else it is reported).
+    strict_determinism: bool = False
 
 
 @final
@@ -189,10 +197,12 @@ class _Lifecycle:
             processes.boot_all(nursery)
 
             supervisor.phase = "setup"
+            run.note("phase", "setup", "")
             for spec, instance, ctx in workloads:
                 await self._phase(spec, instance, ctx, "setup")
 
             supervisor.phase = "run"
+            run.note("phase", "run", "")
             processes.start_attrition(config.attrition)
             async with trio.open_nursery() as running:
                 for spec, instance, ctx in workloads:
@@ -206,6 +216,7 @@ class _Lifecycle:
             run.trace_text("chaos stopped")
 
             supervisor.phase = "settle"
+            run.note("phase", "settle", "")
             await trio.sleep(config.settle_time)
             # A reboot still in its grace period ends within it; checks see every
             # process up (or the grace expiry kills and reboots it).
@@ -213,10 +224,12 @@ class _Lifecycle:
                 await processes.wait_all_up()
 
             supervisor.phase = "check"
+            run.note("phase", "check", "")
             for spec, instance, ctx in workloads:
                 await self._phase(spec, instance, ctx, "check")
 
             supervisor.phase = "shutdown"
+            run.note("phase", "shutdown", "")
             workload_shutdown.set()
             processes.shut_down_all()
             supervisor.grace_deadline = trio.current_time() + config.shutdown_grace
@@ -233,6 +246,7 @@ class _Lifecycle:
         if method is None or supervisor.failure is not None:
             return
         task = trio.lowlevel.current_task()
+        set_current_host(spec.name)  # for the timeline: this task and those it starts
         supervisor.role_started(task, f"workload {spec.name!r} ({phase})")
         try:
             await method(ctx)
@@ -271,7 +285,12 @@ def run_iteration(
     # installed, and `import moonpool.transport` for real networks should not.
     import trio.testing
 
-    run = SimRun(seed=seed, buggify_enabled=config.buggify)
+    run = SimRun(
+        seed=seed,
+        buggify_enabled=config.buggify,
+        record_timeline=config.record_timeline,
+        fault_plan=config.fault_plan,
+    )
     clock = trio.testing.MockClock(autojump_threshold=0)
     supervisor = Supervisor(
         run,
@@ -286,7 +305,15 @@ def run_iteration(
     token = set_current_run(run)
     started = time.perf_counter()
     try:
-        with seeded_scheduler(seed), captured_logs() as log_lines:
+        calls: dict[tuple[str, str], NondeterministicCall] = {}
+
+        def nondeterministic(call: NondeterministicCall) -> None:
+            if (call.what, call.site) not in calls:
+                calls[call.what, call.site] = call
+                run.note("determinism", call.describe())
+
+        guards = determinism_guards(nondeterministic, strict=config.strict_determinism)
+        with seeded_scheduler(seed), captured_logs(run), guards:
             trio.run(
                 lifecycle.main,
                 clock=clock,
@@ -327,14 +354,16 @@ def run_iteration(
         faults=dict(sorted(run.faults.items())),
         observed=dict(sorted(run.observed.items())),
         process_events=tuple(processes.events) if processes is not None else (),
+        timeline=tuple(run.timeline) if run.timeline.complete else (),
+        injected=tuple(run.fault_log) if run.timeline.complete else (),
+        nondeterministic=tuple(call.describe() for call in calls.values()),
     )
     failure = None
     if supervisor.failure is not None:
         kind, message, tb = supervisor.failure
-        if log_lines:
-            tb = f"{tb.rstrip()}\n\nLast log lines of this seed (sim time):\n" + "\n".join(
-                log_lines
-            )
+        tail = run.timeline.tail()
+        if tail:
+            tb = f"{tb.rstrip()}\n\n{_describe_tail(tail, run.timeline.count)}"
         failure = FailureRecord(
             seed=seed,
             kind=kind,
@@ -343,6 +372,7 @@ def run_iteration(
             sim_time=supervisor.failure_time or sim_time,
             replay=replay_hint(seed),
             details=dict(run.violation_details) if kind == "assertion" else {},
+            timeline_tail=run.timeline.tail(),
         )
     kills = (
         {name: host.kills for name, host in processes.hosts.items()}
@@ -350,6 +380,15 @@ def run_iteration(
         else {}
     )
     return IterationResult(record=record, failure=failure, run=run, kills=kills)
+
+
+def _describe_tail(tail: tuple[TimelineEvent, ...], total: int) -> str:
+    head = (
+        f"Timeline of this seed, its last {len(tail)} of {total} events (sim time, host, kind):"
+        if total > len(tail)
+        else f"Timeline of this seed ({total} events: sim time, host, kind):"
+    )
+    return "\n".join([head, *(str(event) for event in tail)])
 
 
 def _is_ctrl_c(exc: BaseException) -> bool:

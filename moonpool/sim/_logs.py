@@ -1,58 +1,61 @@
-"""Log records of one iteration, kept with the run instead of flooding stderr.
+"""Log records of one iteration go on its timeline instead of flooding stderr.
 
 A simulation of thousands of seeds under chaos logs a lot of legitimate trouble
 (closed connections, corrupted frames).  Printed as it happens, that drowns the
-report; thrown away, it is missing exactly when a seed fails.  So each iteration
-keeps its last log lines, stamped with simulated time, and a failure's report
-carries them.  Logging a user has configured is left alone: records still reach
-their handlers; only Python's last-resort stderr printing is held back.
+report; thrown away, it is missing exactly when a seed fails.  So each record of
+the seed -- moonpool's and the user's own -- becomes a timeline event, stamped
+with simulated time and the host that logged it, and a failure carries the
+tail.  Logging a user has configured is left alone: records still reach their
+handlers, and their levels are not changed; only Python's last-resort stderr
+printing is held back when nobody configured logging.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import trio
+from moonpool._ground._run import SimRun
 
 __all__ = ["captured_logs"]
 
-KEPT_LINES = 200
 
-
-class _RunLogHandler(logging.Handler):
-    def __init__(self, lines: deque[str]) -> None:
+class _TimelineHandler(logging.Handler):
+    def __init__(self, run: SimRun) -> None:
         super().__init__(logging.DEBUG)
-        self._lines = lines
+        self._run = run
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            now = f"{trio.current_time():10.4f}s"
-        except RuntimeError:  # outside the run (setup or teardown)
-            now = " " * 11
-        self._lines.append(f"{now} {record.levelname:<7} {record.name}: {record.getMessage()}")
+            message = record.getMessage()
+        except Exception:  # a bad format string is the caller's bug, not a reason to crash
+            message = f"{record.msg!r} % {record.args!r}"
+        self._run.note("log", f"{record.levelname} {record.name}: {message}")
+
+
+def _only_pytest_handlers(logger: logging.Logger) -> bool:
+    return all(type(h).__module__.startswith("_pytest") for h in logger.handlers)
 
 
 @contextmanager
-def captured_logs(logger_name: str = "moonpool") -> Iterator[deque[str]]:
-    """Collect ``logger_name``'s records (the last :data:`KEPT_LINES`) during the block."""
-    lines: deque[str] = deque(maxlen=KEPT_LINES)
-    logger = logging.getLogger(logger_name)
-    handler = _RunLogHandler(lines)
-    saved_level, saved_propagate = logger.level, logger.propagate
-    logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    # Nobody configured logging: without this, every record would be printed to
-    # stderr by logging.lastResort.  With handlers configured, records flow as usual.
-    unconfigured = not logging.getLogger().handlers
-    if unconfigured:
-        logger.propagate = False
+def captured_logs(run: SimRun) -> Iterator[None]:
+    """Put every INFO-or-above record logged during the block on ``run``'s timeline."""
+    root, ours = logging.getLogger(), logging.getLogger("moonpool")
+    handler = _TimelineHandler(run)
+    saved = root.level, ours.level
+    # Nobody (or only pytest's capture) configured logging: lowering the root level
+    # shows the user's INFO lines on the timeline and prints nothing anywhere else
+    # (this handler keeps logging.lastResort quiet).  Configured logging keeps its
+    # levels: raising what its handlers print is not ours to do.
+    if _only_pytest_handlers(root) and root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)
+    if ours.getEffectiveLevel() > logging.INFO:
+        ours.setLevel(logging.INFO)
+    root.addHandler(handler)
     try:
-        yield lines
+        yield
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved_level)
-        logger.propagate = saved_propagate
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        ours.setLevel(saved[1])

@@ -26,6 +26,7 @@ import anyio
 import trio
 
 from moonpool._ground._run import SimRun, derive_random
+from moonpool._ground._timeline import set_current_host
 from moonpool.sim._agenda import Agenda
 from moonpool.sim._attrition import Attrition, AttritionDraws
 from moonpool.sim._context import KillKind, ProcessContext
@@ -110,6 +111,8 @@ class ProcessHost:
     async def _live(self, incarnation: _Incarnation) -> None:
         owner, context = self._owner, incarnation.context
         task = trio.lowlevel.current_task()
+        set_current_host(self.name)  # for the timeline: this task and those it starts
+        owner.run.note("process", f"boot (incarnation {context.incarnation})")
         owner.failures.role_started(
             task, f"process {self.name!r} (incarnation {context.incarnation})"
         )
@@ -292,9 +295,11 @@ class Processes:
         now = trio.current_time()
         self.events.append(ProcessEvent(now, host.name, event))
         if fault:
-            self.run.record_fault(event, host.name)
+            self.run.faults[event] = self.run.faults.get(event, 0) + 1
+            self.run.trace_text(f"fault:{event}:{host.name}")
         else:
             self.run.trace_text(f"{event}:{host.name}")
+        self.run.note("process", event.replace("_", " "), host.name)
 
     def _boot(self, host: ProcessHost) -> None:
         if host.incarnations:
@@ -344,11 +349,17 @@ class Processes:
     def _attrition_kill(self) -> None:
         draws = self._attrition
         assert draws is not None
+        number = draws.kills
         plan = draws.plan()
         dead = sum(1 for host in self.hosts.values() if not host.up)
         candidates = [name for name, host in self.hosts.items() if host.up]
         if candidates and dead < draws.config.max_dead:
-            self._kill(self.hosts[plan.victim(candidates)], plan.kind, plan.recovery)
+            victim = plan.victim(candidates)
+            text = f"attrition: {plan.kind} {victim}, back after {plan.recovery:.3f}s"
+            # Named by the kill's number, which the kill times alone decide: a
+            # suppressed kill leaves the others' names (and draws) where they were.
+            if self.run.admit_fault("attrition", plan.kind, text, victim, ordinal=number):
+                self._kill(self.hosts[victim], plan.kind, plan.recovery)
         self._schedule_kill()
 
     # -- ProcessControl (scripted faults from workloads) ------------------------------------

@@ -8,6 +8,10 @@ from typing import Any, final
 
 import msgspec
 
+from moonpool._ground._fault_plan import InjectedFault
+from moonpool._ground._timeline import TimelineEvent
+from moonpool.sim._shrink import ShrunkPlan
+
 __all__ = [
     "AssertionSummary",
     "FailureRecord",
@@ -51,6 +55,15 @@ class RunRecord:
     process_events: Sequence[ProcessEvent] = ()
     #: What the program did that is worth counting (e.g. ``dead letter (reply)``).
     observed: Mapping[str, int] = field(default_factory=dict)
+    #: The seed's whole timeline, when it was asked for (``record_timeline``,
+    #: CLI ``--timeline``); else empty (a failure still carries its tail).
+    timeline: Sequence[TimelineEvent] = ()
+    #: Every fault that happened and a fault plan could suppress, in order (kept
+    #: with the whole timeline only: ``injected`` of a plain run is empty).
+    injected: Sequence[InjectedFault] = ()
+    #: Calls from user code that the seed does not determine (``time.time()``,
+    #: the global ``random``, ...), one line each: where, and what to use instead.
+    nondeterministic: Sequence[str] = ()
 
 
 @final
@@ -66,6 +79,8 @@ class FailureRecord:
     replay: str
     #: For a failed ``always``/``unreachable``: the values it was given, repr'd.
     details: Mapping[str, str] = field(default_factory=dict)
+    #: The last events of the seed's timeline, up to and including the failure.
+    timeline_tail: Sequence[TimelineEvent] = ()
 
 
 @final
@@ -134,6 +149,31 @@ class SimulationReport:
     #: Where the seeds came from (None when they were given): the same base seed
     #: (``set_base_seed``, CLI ``--base-seed``) runs the same batch again.
     base_seed: int | None = None
+    #: The seeds replayed first because they failed before (the failure database),
+    #: and the database file (None: no database).
+    database_seeds: Sequence[int] = ()
+    database: str | None = None
+    #: Calls from user code that no seed determines, one line each (see RunRecord).
+    nondeterministic: Sequence[str] = ()
+    #: The first failure's faults, shrunk (``set_shrink``, CLI ``--shrink``).
+    shrunk: ShrunkPlan | None = None
+    #: The fault plan every seed ran with (``set_fault_plan``), or None: all faults.
+    fault_plan: str | None = None
+
+    def timeline(self, seed: int) -> Sequence[TimelineEvent]:
+        """The whole timeline of ``seed`` (recorded with ``record_timeline``/``--timeline``).
+
+        Raises ``ValueError`` when the seed did not run, or ran without its timeline.
+        """
+        for run in self.runs:
+            if run.seed == seed:
+                if not run.timeline:
+                    raise ValueError(
+                        f"seed {seed} ran without its timeline: replay it with "
+                        f"record_timeline() (CLI --timeline)"
+                    )
+                return run.timeline
+        raise ValueError(f"seed {seed} is not one of the {self.iterations} seed(s) of this run")
 
     @property
     def never_killed(self) -> list[str]:
@@ -201,6 +241,11 @@ class SimulationReport:
             "interrupted": self.interrupted,
             "stopped_because": self.stopped_because,
             "base_seed": self.base_seed,
+            "database": self.database,
+            "database_seeds": list(self.database_seeds),
+            "fault_plan": self.fault_plan,
+            "nondeterministic": list(self.nondeterministic),
+            "shrunk": None if self.shrunk is None else self.shrunk.to_dict(),
             "iterations": self.iterations,
             "wall_time": self.wall_time,
             "total_events": self.total_events,
@@ -255,6 +300,16 @@ class SimulationReport:
                 f"  base seed:  {self.base_seed} (the same batch again: --base-seed "
                 f"{self.base_seed}, or set_base_seed({self.base_seed}))"
             )
+        if self.database_seeds:
+            lines.append(
+                f"  database:   replayed {len(self.database_seeds)} seed(s) that failed before "
+                f"first ({self.database})"
+            )
+        if self.fault_plan is not None:
+            lines.append(f"  fault plan: only {self.fault_plan}")
+        if self.nondeterministic:
+            lines.append("  nondeterminism (calls a seed does not determine; replays may differ):")
+            lines += [f"    {line}" for line in self.nondeterministic]
         if self.assertions:
             lines.append("  assertions:")
             for s in sorted(self.assertions, key=lambda a: (a.kind, a.message)):
@@ -267,6 +322,13 @@ class SimulationReport:
             for failure in self.failures[:20]:
                 lines.append(f"    seed {failure.seed} [{failure.kind}] {failure.error}")
                 lines.append(f"      replay: {failure.replay}")
+            if len(self.failures) > 20:
+                lines.append(f"    ... and {len(self.failures) - 20} more")
+            first = self.failures[0]
+            lines.append(f"  first failure (seed {first.seed}):")
+            lines += [f"    {line}" for line in first.traceback.rstrip().splitlines()]
+        if self.shrunk is not None:
+            lines += [f"  {line}" for line in str(self.shrunk).splitlines()]
         if self.interrupted:
             lines.append(f"  result: INTERRUPTED (Ctrl-C) after {self.iterations} seeds")
         else:

@@ -218,6 +218,7 @@ class Supervisor(trio.abc.Instrument):
         self.failure_time = self.clock.current_time()
         self._failure_turn = self._turns
         self.run.trace_text(f"failure:{kind}")
+        self.run.note("failure", f"[{kind}] {message.splitlines()[0] if message else kind}")
         if self.cancel_scope is not None:
             self.cancel_scope.cancel()
 

@@ -108,6 +108,7 @@ class ClientTransport:
         # Correlation ids, retry and reconnect jitter; pass a seeded Random to make a
         # component test outside a simulation replayable.
         self._rng = rng if rng is not None else transport_random()
+        self._run = current_run()  # a simulation's: the timeline hears of each call
         # A correlation id is this transport's incarnation number (31 random bits,
         # never 0) above a 32-bit count: stable across resends, distinct across
         # calls, and across client restarts but for a 2**-31 chance per pair --
@@ -205,6 +206,8 @@ class ClientTransport:
                 rng=self._rng,
                 first_correlation_id=self._first_id,
             )
+            if self._run is not None:
+                protocol.on_event = self._run_note
             driver = TransportDriver(
                 self._network,
                 protocol,
@@ -432,6 +435,12 @@ class ClientTransport:
                 timeout=timeout,
                 at_most_once=at_most_once,
             )
+            if self._run is not None:
+                self._run_note(
+                    f"request {correlation_id} to {destination} ({len(payload)} bytes, "
+                    f"{'at most once' if at_most_once else 'at least once'}, "
+                    f"timeout {timeout:g}s)"
+                )
         except BaseException:
             if breaker is not None and probe:
                 breaker.probe_abandoned()  # let another probe through
@@ -454,8 +463,18 @@ class ClientTransport:
                     breaker.record_failure(loop.now(), probe=probe)
                 else:
                     breaker.record_success()
+            if self._run is not None:
+                error = completion.error
+                self._run_note(
+                    f"reply to {correlation_id} from {destination}"
+                    if error is None
+                    else f"request {correlation_id} to {destination} failed: "
+                    f"{type(error).__name__}: {error}"
+                )
             return completion.unwrap()
         finally:
+            if self._run is not None and waiter.completion is None:
+                self._run_note(f"request {correlation_id} to {destination} cancelled")
             del self._waiters[key]
             if waiter.completion is None:
                 # Timed out or cancelled: a reply arriving later is dropped and
@@ -463,6 +482,10 @@ class ClientTransport:
                 driver.cancel(destination, correlation_id)
                 if breaker is not None and probe:
                     breaker.probe_abandoned()
+
+    def _run_note(self, text: str) -> None:
+        assert self._run is not None
+        self._run.note("rpc", text)
 
     # -- what the transport knows of its remotes ---------------------------------------
 

@@ -19,7 +19,7 @@ import heapq
 import math
 import random
 from collections import deque
-from collections.abc import Container, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar, cast, final
 
@@ -244,6 +244,9 @@ class TransportProtocol(Generic[E]):
         self._timer_seq = 0
 
         self.stats = TransportStats()
+        #: Told, in words, of what a log would want to know and a reply does not
+        #: show (a resend); a simulation puts it on the seed's timeline.
+        self.on_event: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------ inspection
 
@@ -597,6 +600,11 @@ class TransportProtocol(Generic[E]):
                 pending.attempts += 1
                 self.stats.retries += 1
                 self._transmits.append(Transmit(pending.destination, pending.frame, correlation_id))
+                if self.on_event is not None:
+                    self.on_event(
+                        f"resend request {correlation_id} to {pending.destination} "
+                        f"(attempt {pending.attempts}; last failure: {pending.last_failure})"
+                    )
             elif seq == pending.deadline_seq:
                 self._remove(correlation_id)
                 self.stats.timeouts += 1

@@ -138,12 +138,12 @@ def test_partial_io_counts_every_split_and_short_read() -> None:
 
 def test_tiny_transfers_are_never_split_and_draw_nothing() -> None:
     faults = injector(1, ChaosConfig(partial_io=1.0))
-    state = faults.rng.getstate()
+    state = _draw_states(faults)
     assert faults.split_points(0) == []
     assert faults.split_points(1) == []
     assert faults.short_read(0) == 0
     assert faults.short_read(1) == 1
-    assert faults.rng.getstate() == state
+    assert _draw_states(faults) == state
     assert faults.counts == {}
 
 
@@ -248,7 +248,7 @@ def test_no_latency_configured_means_zero_and_no_count() -> None:
 
 def test_none_injects_nothing_and_draws_nothing() -> None:
     faults = injector(42, ChaosConfig.none())
-    state = faults.rng.getstate()
+    state = _draw_states(faults)
     for _ in range(100):
         assert not faults.connect_fails("a", "b:1")
         assert faults.connect_delay("a", "b:1") == 0.0
@@ -262,7 +262,7 @@ def test_none_injects_nothing_and_draws_nothing() -> None:
     assert faults.counts == {}
     # Switched-off families do not consume randomness: turning one on or off in a
     # config does not reshuffle the decisions of the others more than necessary.
-    assert faults.rng.getstate() == state
+    assert _draw_states(faults) == state
 
 
 def _decisions(seed: int, chaos: ChaosConfig) -> tuple[list[object], dict[str, int]]:
@@ -290,20 +290,55 @@ def test_same_seed_same_decisions_and_counts() -> None:
     assert set(first[1]) == set(FAULT_FAMILIES)
 
 
-def test_on_fault_callback_sees_every_injection() -> None:
-    seen: list[tuple[str, str]] = []
-    faults = FaultInjector(
-        8,
-        ChaosConfig(reset=0.5, connect_failure=0.5),
-        lambda: HOSTS,
-        lambda family, detail: seen.append((family, detail)),
-    )
+def _draw_states(faults: FaultInjector) -> dict[str, object]:
+    """Where every decision stream of the injector stands (white box)."""
+    return {name: stream.getstate() for name, stream in faults._streams.items()}
+
+
+def test_admit_sees_every_injection_and_can_refuse_it() -> None:
+    seen: list[tuple[str, str, str, str]] = []
+
+    def admit(name: str, family: str, text: str, host: str, ordinal: int | None) -> bool:
+        seen.append((name, family, text, host))
+        return family != "reset"  # resets are suppressed, connect failures happen
+
+    faults = FaultInjector(8, ChaosConfig(reset=0.5, connect_failure=0.5), lambda: HOSTS, admit)
+    outcomes = []
     for _ in range(100):
-        faults.resets("client", "server")
-        faults.connect_fails("client", "server:4500")
-    assert Counter(family for family, _ in seen) == Counter(faults.counts)
-    assert ("reset", "client->server") in seen
-    assert ("connect_failure", "client->server:4500") in seen
+        outcomes.append(faults.resets("client", "server"))
+        outcomes.append(faults.connect_fails("client", "server:4500"))
+    assert Counter(family for _, family, _, _ in seen) == {
+        "reset": sum(1 for name, *_ in seen if name.startswith("reset/")),
+        "connect_failure": faults.counts["connect_failure"],
+    }
+    assert "reset" not in faults.counts, "a refused fault is not counted"
+    assert not any(outcomes[0::2]), "a refused reset does not happen"
+    assert sum(outcomes[1::2]) == faults.counts["connect_failure"] > 0
+    assert ("reset/client->server", "reset", "reset client->server", "client") in seen
+
+
+def _resets_towards(faults: FaultInjector, dst: str, count: int) -> list[bool]:
+    return [faults.resets("client", dst) for _ in range(count)]
+
+
+def test_each_decision_has_its_own_stream() -> None:
+    """Decisions about one direction do not move the dice of another: a shrink that
+    suppresses faults (and so changes what the program does) keeps the rest in place."""
+    chaos = ChaosConfig(reset=0.3, partial_io=0.3)
+    alone = injector(5, chaos)
+    expected = _resets_towards(alone, "a", 50)
+    busy = injector(5, chaos)
+    for _ in range(37):  # other decisions, in between, about other things
+        busy.resets("client", "b")
+        busy.split_points(100, "client", "a")
+    assert _resets_towards(busy, "a", 50) == expected
+
+    refused = FaultInjector(5, chaos, lambda: HOSTS, lambda *args: False)
+    assert not any(_resets_towards(refused, "a", 50))
+    # The dice were drawn all the same: once faults are allowed again, the next
+    # decisions are the ones an unrestricted run would make.
+    refused._admit = lambda *args: True
+    assert _resets_towards(refused, "a", 20) == _resets_towards(alone, "a", 20)
 
 
 # -- partitions --------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -28,7 +29,13 @@ def simulation() -> SimulationBuilder:
 
 
 def _cli_environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("MOONPOOL_")}
+    # The session's failure database stays (conftest): the CLI must not write one
+    # into the checkout.
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MOONPOOL_") or k == "MOONPOOL_DATABASE"
+    }
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -147,7 +154,9 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
     assert "has no attribute 'nope'" in _cli("run", f"{module}:nope").stderr
 
 
-def test_pytest_report_section_shows_failing_seeds_and_replay(pytester: pytest.Pytester) -> None:
+def test_pytest_lists_each_failing_seed_once_and_says_how_to_explain_it(
+    pytester: pytest.Pytester,
+) -> None:
     pytester.makepyfile(
         test_flaky=FAILING_MODULE
         + """
@@ -160,11 +169,48 @@ def test_simulation() -> None:
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*- moonpool -*",
-            "*failing seed(s) of 30:*",
+            "*failed:*",
             "*replay: pytest test_flaky.py::test_simulation --moonpool-seed *",
+            "*- moonpool -*",
+            "*the whole timeline of seed *: pytest test_flaky.py::test_simulation "
+            "--moonpool-seed * --moonpool-timeline",
+            "*the faults that matter: pytest * --moonpool-shrink",
         ]
     )
+    text = result.stdout.str()
+    seeds = re.findall(r"bad seed (\d+)", text)
+    assert seeds, text
+    # Each failing seed is listed once (with its replay command), not again in the section.
+    first = seeds[0]
+    assert text.count(f"  seed {first}: [workload_error]") == 1
+    assert text.count(f"--moonpool-seed {first}\n") == 1
+
+
+def test_pytest_timeline_and_shrink_options_fill_the_section(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_flaky=FAILING_MODULE
+        + """
+
+def test_simulation() -> None:
+    simulation().run().assert_success()
+"""
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--moonpool-iterations", "3", "--moonpool-seed", "3",
+        "--moonpool-timeline", "--moonpool-shrink", "20",
+    )  # fmt: skip
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*- moonpool -*",
+            "shrunk seed 3: 0 of 0 faults still make it fail*",
+            "*(none: the seed fails without any fault -- a plain bug)",
+            "timeline of seed 3:",
+            "*w *failure *[[]workload_error[]] workload 'w' (run) raised RuntimeError: bad seed 3",
+        ]
+    )
+    bad = pytester.runpytest_subprocess("--moonpool-fault-plan", "reset")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
 
 
 def test_pytest_moonpool_seed_replays_one_seed(pytester: pytest.Pytester) -> None:
@@ -215,7 +261,16 @@ def test_logs_are_kept_with_the_seed_not_printed(tmp_path: Path) -> None:
     assert "corrupted frame" not in result.stderr  # no flood on the terminal
     document = json.loads(result.stdout)
     failure = document["failures"][0]
-    assert "Last log lines of this seed (sim time):" in failure["traceback"]
-    # The most recent lines are kept, stamped with simulated time.
-    assert "150.0000s WARNING moonpool.transport: closing connection 299" in failure["traceback"]
-    assert "closing connection 0:" not in failure["traceback"]  # only the last 200 kept
+    assert "Timeline of this seed, its last 40 of " in failure["traceback"]
+    # The most recent lines are kept, stamped with simulated time and the host.
+    line = "150.0000s  w              log       WARNING moonpool.transport: closing connection 299"
+    assert line in failure["traceback"]
+    assert "closing connection 0:" not in failure["traceback"]  # only the tail is kept
+    tail = failure["timeline_tail"]
+    assert len(tail) == 40 and tail[-1]["kind"] == "failure"
+    assert tail[-2] == {
+        "time": 150.0,
+        "host": "w",
+        "kind": "log",
+        "text": "WARNING moonpool.transport: closing connection 299: corrupted frame",
+    }

@@ -8,10 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 import trio.lowlevel
 
-from moonpool.sim import ChaosConfig, FixedCount, SimulationBuilder, WorkloadContext
+from moonpool.sim import (
+    ChaosConfig,
+    FixedCount,
+    NondeterminismWarning,
+    SimulationBuilder,
+    WorkloadContext,
+)
 from tests.examples import load_example
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,14 +124,17 @@ def test_wall_clock_use_breaks_determinism_detectably() -> None:
 
     hashes = set()
     for _ in range(6):
-        report = (
-            SimulationBuilder()
-            .set_chaos(ChaosConfig.none())
-            .register_workload("w", uses_wall_clock)
-            .set_seeds([1])
-            .run()
-        )
+        with pytest.warns(NondeterminismWarning, match=r"time\.perf_counter_ns\(\) called at"):
+            report = (
+                SimulationBuilder()
+                .set_chaos(ChaosConfig.none())
+                .register_workload("w", uses_wall_clock)
+                .set_seeds([1])
+                .run()
+            )
         hashes.add(report.runs[0].trace_hash)
+        # The report names the call and what to use instead.
+        assert report.nondeterministic and "use trio.current_time()" in report.nondeterministic[0]
     assert len(hashes) > 1
 
 
