@@ -331,6 +331,11 @@ class ClientTransport:
         for ``failed_for`` seconds of this call; then raises :class:`PeerFailed`.  A
         destination that fails and comes back within ``failed_for`` does not end
         the call.  ``timeout`` still bounds it (default: the transport's).
+
+        The monitor learns that a destination is back at the next attempt, which
+        the resend and reconnect backoffs (``RetryPolicy.backoff_max``,
+        ``PeerConfig.reconnect_max``: 2 s each by default) may hold back: keep
+        ``failed_for`` well above them, or a short outage can look long enough.
         """
         _check_timeout(failed_for)
         monitor = self.failure_monitor

@@ -44,6 +44,7 @@ from moonpool.transport import (
     PeerFailed,
     ReceivedEnvelope,
     RequestResponseEnvelope,
+    RetryPolicy,
     ServerTransport,
     TransportClosed,
     TransportError,
@@ -380,9 +381,20 @@ async def test_get_reply_unless_failed_for_raises_peer_failed(autojump_clock: ob
 async def test_get_reply_unless_failed_for_rides_out_a_short_failure(
     autojump_clock: object,
 ) -> None:
-    """A server down for less than ``failed_for`` does not end the call."""
+    """A server down for less than ``failed_for`` does not end the call.
+
+    The client sees the server back only at its next attempt: with the default
+    backoffs (resends and reconnects, each up to 2 s) that attempt could come
+    after ``failed_for`` -- the test failed about 1 run in 8 -- so both are
+    capped well below it.
+    """
     network = calm()
-    async with ClientTransport(network) as client, trio.open_nursery() as nursery:
+    client_transport = ClientTransport(
+        network,
+        peer_config=PeerConfig(reconnect_max=0.25),
+        retry=RetryPolicy(backoff_max=0.25),
+    )
+    async with client_transport as client, trio.open_nursery() as nursery:
 
         async def late_server() -> None:
             await trio.sleep(1.5)
