@@ -16,7 +16,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Final
 
-from benchmarks._core import Figure, Outcome, Settings, median, repeat_sync
+from benchmarks._core import Figure, Outcome, Settings, compare_sync, median, repeat_sync
+from moonpool._ground._timeline import Timeline, TimelineEvent
 from moonpool.sim import FixedCount, SimulationReport
 
 NAME: Final = "sim_ping_pong"
@@ -38,6 +39,29 @@ def load_example(path: Path = EXAMPLE) -> ModuleType:
     return module
 
 
+_NO_EVENT = TimelineEvent(0.0, "", "", "")
+
+
+def _record_nothing(
+    self: Timeline, kind: str, text: str, host: str | None = None, at: float | None = None
+) -> TimelineEvent:
+    return _NO_EVENT
+
+
+def _without_timeline(sample: Any) -> Any:
+    """``sample`` with ``Timeline.add`` doing nothing: the timeline's baseline."""
+
+    def untimed() -> float:
+        recording = Timeline.add
+        Timeline.add = _record_nothing  # type: ignore[method-assign]
+        try:
+            return float(sample())
+        finally:
+            Timeline.add = recording  # type: ignore[method-assign]
+
+    return untimed
+
+
 def _answered(report: SimulationReport) -> int:
     for summary in report.assertions:
         if summary.message == ANSWERED_SITE:
@@ -51,9 +75,10 @@ def run(settings: Settings) -> Outcome:
     reports: list[SimulationReport] = []
     walls: list[float] = []
 
-    def sample() -> float:
-        builder = example.simulation()
+    def sample(*, timeline: bool = False) -> float:
+        builder = example.simulation().set_database(None)
         builder.set_iteration_control(FixedCount(seeds)).set_base_seed(BASE_SEED)
+        builder.record_timeline(timeline)
         started = time.perf_counter()
         report: SimulationReport = builder.run()
         wall = time.perf_counter() - started
@@ -95,6 +120,32 @@ def run(settings: Settings) -> Outcome:
             "simulated seconds per wall second",
             "x",
             [report.total_sim_time / w for w in walls],
+            details=details,
+        ),
+    ]
+    # What the timeline costs: every seed keeps its tail (the default); the
+    # baseline is the same simulation with recording replaced by a no-op, so the
+    # ratio is the price of the tail (target: within 5 %), and of a whole timeline.
+    tail, untimed = compare_sync(sample, _without_timeline(sample), settings)
+    whole, untimed_2 = compare_sync(
+        lambda: sample(timeline=True), _without_timeline(sample), settings
+    )
+    figures += [
+        Figure(
+            "seeds/s, timeline tail (default) vs none",
+            "seeds/s",
+            tail,
+            untimed,
+            "timeline recording a no-op",
+            target=0.95,
+            details=details,
+        ),
+        Figure(
+            "seeds/s, whole timeline (record_timeline) vs none",
+            "seeds/s",
+            whole,
+            untimed_2,
+            "timeline recording a no-op",
             details=details,
         ),
     ]

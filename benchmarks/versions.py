@@ -31,6 +31,11 @@ import anyio
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 SAMPLES: Final = 9  # per child and scenario, after one warm-up sample
+#: The chaos simulation of the example, each version running *its own*
+#: examples/ping_pong.py (the work differs where fault decisions changed).
+SIM_LABEL: Final = "sim ping_pong.py (seeds/s)"
+SIM_SEEDS: Final = 12
+ENV_TREE: Final = "MOONPOOL_BENCH_TREE"
 
 
 def _child(labels: list[str]) -> None:
@@ -53,15 +58,42 @@ def _child(labels: list[str]) -> None:
                 medians[scenario.label] = statistics.median(values)
         return medians
 
-    result = anyio.run(measure, "trio", backend="trio")
-    result |= anyio.run(measure, "asyncio", backend="asyncio")
+    result: dict[str, float] = {}
+    if wanted:
+        result |= anyio.run(measure, "trio", backend="trio")
+        result |= anyio.run(measure, "asyncio", backend="asyncio")
+    if SIM_LABEL in labels:
+        result[SIM_LABEL] = _simulation_rate(Path(os.environ.get(ENV_TREE) or ROOT))
     print(json.dumps(result))
+
+
+def _simulation_rate(tree: Path) -> float:
+    """Median seeds/s of ``tree``'s ping-pong example simulation, fixed base seed."""
+    import time
+
+    from benchmarks.sim_ping_pong import BASE_SEED, load_example
+    from moonpool.sim import FixedCount
+
+    example = load_example(tree / "examples" / "ping_pong.py")
+    values = []
+    for index in range(SAMPLES + 1):
+        builder = example.simulation().set_iteration_control(FixedCount(SIM_SEEDS))
+        if hasattr(builder, "set_database"):
+            builder.set_database(None)  # older versions have no database
+        builder.set_base_seed(BASE_SEED)
+        gc.collect()
+        started = time.perf_counter()
+        builder.run()
+        if index:  # the first is a warm-up
+            values.append(SIM_SEEDS / (time.perf_counter() - started))
+    return statistics.median(values)
 
 
 def _run_child(tree: Path | None, labels: list[str], cpu: int) -> dict[str, float]:
     # The benchmark code is always this checkout's; only moonpool comes from ``tree``.
     path = [str(tree)] if tree is not None else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*path, str(ROOT)])}
+    env[ENV_TREE] = str(tree or ROOT)
     command = [sys.executable, "-m", "benchmarks.versions", "--child", *labels]
     done = subprocess.run(
         command,
@@ -98,13 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import real_tcp
 
     labels = [
-        s.label for s in real_tcp.SCENARIOS if not args.only or any(t in s.label for t in args.only)
+        label
+        for label in [*(s.label for s in real_tcp.SCENARIOS), SIM_LABEL]
+        if not args.only or any(t in label for t in args.only)
     ]
     cpu = max(os.sched_getaffinity(0))
     runs: dict[str, dict[str, list[float]]] = {"base": {}, "this": {}}
     with tempfile.TemporaryDirectory(prefix="moonpool-base-") as tmp:
         archive = subprocess.run(
-            ["git", "archive", args.rev, "moonpool"], cwd=ROOT, capture_output=True, check=True
+            ["git", "archive", args.rev, "moonpool", "examples"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
         )
         subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
         for round_ in range(args.rounds):
@@ -115,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                     runs[name].setdefault(label, []).append(value)
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
     print(
-        f"moonpool req/s, {args.rev} vs this checkout: median [min-max] of {args.rounds} "
-        f"rounds (each the median of {SAMPLES} samples), pinned to CPU {cpu}"
+        f"moonpool req/s (seeds/s for the simulation), {args.rev} vs this checkout: "
+        f"median [min-max] of {args.rounds} rounds (each the median of {SAMPLES} samples), "
+        f"pinned to CPU {cpu}"
     )
     for label in labels:
         base, this = runs["base"][label], runs["this"][label]

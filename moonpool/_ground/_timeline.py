@@ -75,21 +75,33 @@ def set_current_host(name: str) -> None:
 class Timeline:
     """The events of one seed: all of them, or the last :data:`TAIL`."""
 
-    __slots__ = ("_events", "complete", "count")
+    __slots__ = ("_events", "complete", "count", "ended")
 
     def __init__(self, *, complete: bool) -> None:
         self.complete = complete
         self._events: deque[TimelineEvent] = deque(maxlen=None if complete else TAIL)
         self.count = 0
+        #: True once the seed's failure is on it: what the teardown does after it
+        #: (connections closing as the seed is cancelled) is not kept, so that the
+        #: timeline, and a failure's tail, end with the failure.
+        self.ended = False
 
-    def add(self, kind: str, text: str, host: str | None = None) -> TimelineEvent:
-        try:
-            now = trio.current_time()
-        except RuntimeError:  # outside trio.run (before the seed starts, after it ends)
-            now = 0.0
-        self.count += 1
+    def add(
+        self, kind: str, text: str, host: str | None = None, at: float | None = None
+    ) -> TimelineEvent:
+        """Add an event (at the current simulated time, unless ``at`` says when)."""
+        now = at
+        if now is None:
+            try:
+                now = trio.current_time()
+            except RuntimeError:  # outside trio.run (before the seed starts, after it ends)
+                now = 0.0
         event = TimelineEvent(now, _host.get() if host is None else host, kind, text)
+        if self.ended:
+            return event
+        self.count += 1
         self._events.append(event)
+        self.ended = kind == "failure"
         return event
 
     def __iter__(self) -> Iterator[TimelineEvent]:

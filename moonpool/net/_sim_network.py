@@ -236,8 +236,13 @@ class SimStream(anyio.abc.ByteStream):
         result = parts[0] if len(parts) == 1 else b"".join(parts)
         world, pair = self._world, (self._remote.host, self._local.host)
         offset = world.read.get(pair, 0)
+        # Buggify is asked first, on every read it could shorten: whether the
+        # partial_io dice then say "fault" (or a fault plan suppresses it) must not
+        # change how often this site is asked, or suppressing one fault would move
+        # every later firing of the site.
+        shorten = len(result) > 1 and buggify()
         keep = world.faults.short_read(len(result), *pair, at=offset)
-        if keep == len(result) and len(result) > 1 and buggify():
+        if keep == len(result) and shorten:
             keep = 1
         if keep < len(result):
             chunks.appendleft((now, result[keep:]))
@@ -290,8 +295,9 @@ class SimStream(anyio.abc.ByteStream):
         """Where a write of ``size`` bytes is cut into separately delivered pieces."""
         src, dst = self._local.host, self._remote.host
         offset = self._world.written.get((src, dst), 0)
+        halve = size > 1 and buggify()  # asked on every write (see _take_ready)
         points = self._world.faults.split_points(size, src, dst, offset)
-        if not points and size > 1 and buggify():
+        if not points and halve:
             points = [size // 2]
         return points
 

@@ -157,6 +157,7 @@ class SimulationBuilder:
         self._fault_plan: frozenset[str] | None = None
         self._name: str | None = None
         self._database: str | os.PathLike[str] | None = DEFAULT_DIRECTORY
+        self._database_chosen = False
         self._shrink_limit: float | None = None
         self._check_determinism = False
         self._strict_determinism = False
@@ -357,10 +358,12 @@ class SimulationBuilder:
     def set_database(self, directory: str | os.PathLike[str] | None) -> Self:
         """Where failing seeds are saved and replayed first (None: no database).
 
-        Default ``.moonpool/`` under the current directory; the environment
-        variable ``MOONPOOL_DATABASE`` (a directory, or ``off``) overrides it.
+        Default ``.moonpool/`` under the current directory.  The environment
+        variable ``MOONPOOL_DATABASE`` (pytest ``--moonpool-database``) moves the
+        default, or turns every database ``off``.
         """
         self._database = directory
+        self._database_chosen = True
         return self
 
     @property
@@ -374,11 +377,19 @@ class SimulationBuilder:
         parts += [_qualified(spec.factory or spec.fn) for spec in self._workloads]
         return " ".join(parts) or "simulation"
 
+    def _replay_hint(self, seed: int) -> str:
+        """How to replay ``seed`` as this run ran it (with its fault plan, if any)."""
+        if self._fault_plan is None:
+            return self._replay(seed)
+        return self._plan_replay(seed, format_fault_plan(sorted(self._fault_plan)))
+
     def _failure_database(self) -> FailureDatabase | None:
         setting = os.environ.get(ENV_DATABASE)
         directory: str | os.PathLike[str] | None = self._database
-        if setting:
-            directory = None if setting == "off" else setting
+        if setting == "off":
+            directory = None
+        elif setting and not self._database_chosen:  # an explicit choice stands
+            directory = setting
         if directory is None or self._fault_plan is not None:
             return None  # a plan's replay is not the seed's verdict
         return FailureDatabase(Path(directory))
@@ -549,7 +560,7 @@ class SimulationBuilder:
                 if self._check_determinism:
                     config = dataclasses.replace(config, record_timeline=True)
                 try:
-                    result = run_iteration(seed, config, self._replay, ctrl_c)
+                    result = run_iteration(seed, config, self._replay_hint, ctrl_c)
                     if self._check_determinism:
                         result = self._compare_with_rerun(result, config, ctrl_c)
                 except KeyboardInterrupt as exc:  # Ctrl-C cut the seed short
@@ -600,7 +611,7 @@ class SimulationBuilder:
         """Run ``first``'s seed again (both with timelines): a different trace hash
         fails the seed, naming the first event where the two runs part."""
         seed = first.record.seed
-        second = run_iteration(seed, config, self._replay, ctrl_c)
+        second = run_iteration(seed, config, self._replay_hint, ctrl_c)
         record = first.record
         if not self._record_timeline:  # kept only to compare: drop them now
             record = dataclasses.replace(record, timeline=(), injected=())
@@ -619,7 +630,7 @@ class SimulationBuilder:
             error=message,
             traceback="\n".join(part for part in (message, where, hint) if part),
             sim_time=first.record.sim_time,
-            replay=self._replay(seed),
+            replay=self._replay_hint(seed),
         )
         record = dataclasses.replace(record, ok=False)
         return dataclasses.replace(first, record=record, failure=failure)

@@ -341,7 +341,13 @@ def run_iteration(
         raise KeyboardInterrupt(f"Ctrl-C cancelled seed {seed}")
     wall = time.perf_counter() - started
     if supervisor.failure is None and run.assertion_failures:
+        # A violation the program caught (an ``except Exception`` around an always):
+        # the seed fails all the same, and its timeline ends with that failure.
         supervisor.failure = ("assertion", run.assertion_failures[0], run.assertion_failures[0])
+        run.timeline.ended = False
+        run.timeline.add(
+            "failure", f"[assertion] {run.assertion_failures[0]}", "", clock.current_time()
+        )
     sim_time = clock.current_time()
     processes = lifecycle.processes
     record = RunRecord(

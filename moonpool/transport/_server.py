@@ -35,7 +35,7 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 
-from moonpool._ground._run import in_simulation
+from moonpool._ground._run import current_run
 from moonpool.net import InvalidAddress, Listener, NetworkProvider
 from moonpool.net._nowait import nonblocking_sender
 from moonpool.transport._background import BackgroundTasks
@@ -355,7 +355,8 @@ class ServerTransport(Generic[E]):
         for name, timeout in (("frame_timeout", frame_timeout), ("idle_timeout", idle_timeout)):
             if timeout is not None and not 0 < timeout < math.inf:
                 raise ValueError(f"{name} must be positive and finite, or None, got {timeout!r}")
-        if idle_timeout is DEFAULT_IDLE_TIMEOUT and in_simulation():
+        self._run = current_run()  # a simulation's: its timeline hears of each request
+        if idle_timeout is DEFAULT_IDLE_TIMEOUT and self._run is not None:
             # Simulated seeds run for simulated minutes with connections that are
             # idle by design; an idle close there is asked for, not imposed.
             idle_timeout = None
@@ -668,6 +669,8 @@ class ServerTransport(Generic[E]):
                 f"by design"
             )
         frame = self._protocol.send(request.envelope.create_reply(bytes(payload)))
+        if self._run is not None:
+            self._run.note("rpc", f"reply to {request.request_id} queued for {request.source}")
         # The last reply a connection owes goes out from this task at once (with
         # any queued before it); while more are owed, replies wait in the outbox
         # so that a pipelined batch leaves in one write.
@@ -828,6 +831,12 @@ class ServerTransport(Generic[E]):
                 else correlation_id != ONE_WAY_ID
             )
             request = ReceivedEnvelope(envelope, origin.source, origin, self, expects_reply)
+            if self._run is not None:
+                self._run.note(
+                    "rpc",
+                    f"received {'request' if expects_reply else 'one-way message'} "
+                    f"{correlation_id} from {origin.source}",
+                )
             if expects_reply:
                 # Counted before any is handled, so that replies to all but the last
                 # of a pipelined batch wait in the outbox and leave in one write.
