@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any, Final
 
 from benchmarks._core import Figure, Outcome, Settings, compare_sync, median, repeat_sync
-from moonpool._ground._timeline import Timeline, TimelineEvent
+from moonpool._ground._timeline import RawEvent, Timeline
 from moonpool.sim import FixedCount, SimulationReport
 
 NAME: Final = "sim_ping_pong"
@@ -39,12 +39,12 @@ def load_example(path: Path = EXAMPLE) -> ModuleType:
     return module
 
 
-_NO_EVENT = TimelineEvent(0.0, "", "", "")
+_NO_EVENT: RawEvent = (0.0, "", "", "")
 
 
 def _record_nothing(
     self: Timeline, kind: str, text: str, host: str | None = None, at: float | None = None
-) -> TimelineEvent:
+) -> RawEvent:
     return _NO_EVENT
 
 

@@ -127,8 +127,8 @@ class SimRun:
         plan = self.fault_plan
         if plan is not None and fault_id not in plan:
             return False
-        event = self.timeline.add("fault", text, host)
-        self.fault_log.append(InjectedFault(fault_id, family, event.time, event.host, text))
+        now, where, _, _ = self.timeline.add("fault", text, host)
+        self.fault_log.append(InjectedFault(fault_id, family, now, where, text))
         self.trace_text(f"fault:{fault_id}")
         return True
 

@@ -59,15 +59,30 @@ def always(condition: bool, message: str, **details: object) -> None:
 def sometimes(condition: bool, message: str, **details: object) -> None:
     """Require ``condition`` to be true at least once across the simulation's iterations.
 
-    ``details`` are accepted so that a site can say what it saw (for the timeline);
-    they do not change the site.
+    The first time it is true in a seed goes on the seed's timeline, with
+    ``details``; they do not change the site.
     """
-    _record("sometimes", message, bool(condition))
+    record = _record("sometimes", message, bool(condition))
+    if record is not None and condition and record.true_count == 1:
+        _first_time(f"sometimes({message!r}) true", details)
 
 
 def reachable(message: str, **details: object) -> None:
-    """Require this line to run at least once across the simulation's iterations."""
-    _record("reachable", message, True)
+    """Require this line to run at least once across the simulation's iterations.
+
+    The first time in a seed goes on the seed's timeline, with ``details``.
+    """
+    record = _record("reachable", message, True)
+    if record is not None and record.true_count == 1:
+        _first_time(f"reachable({message!r}) reached", details)
+
+
+def _first_time(description: str, details: dict[str, object]) -> None:
+    run = current_run()
+    assert run is not None
+    if details:
+        description += " with " + ", ".join(f"{k}={_REPR.repr(v)}" for k, v in details.items())
+    run.note("assertion", description)
 
 
 def unreachable(message: str, **details: object) -> None:

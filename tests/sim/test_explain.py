@@ -45,6 +45,8 @@ from moonpool.sim import (
     SimulationReport,
     TimelineEvent,
     WorkloadContext,
+    reachable,
+    sometimes,
 )
 from moonpool.transport import ReceivedEnvelope, ServerTransport, TransportError
 from tests.examples import EXAMPLES, load_example
@@ -762,3 +764,25 @@ def test_the_default_database_is_dot_moonpool_in_the_current_directory(
     assert Path(report.database).parent == Path(".moonpool") / "failing-seeds"
     assert FailureDatabase(tmp_path / ".moonpool").seeds("default-place") == [seed]
     assert (tmp_path / ".moonpool" / ".gitignore").is_file()
+
+
+def test_sometimes_and_reachable_put_their_first_time_and_details_on_the_timeline() -> None:
+    async def counting(ctx: WorkloadContext) -> None:
+        for n in range(5):
+            await trio.sleep(1)
+            sometimes(n >= 2, "the count reached two", n=n)
+            reachable("the loop ran", n=n)
+
+    report = (
+        SimulationBuilder()
+        .enable_buggify()
+        .register_workload("w", counting)
+        .set_seeds([3])
+        .record_timeline()
+        .run()
+    )
+    notes = [e for e in report.timeline(3) if e.kind == "assertion"]
+    assert [(e.time, e.host, e.text) for e in notes] == [
+        (1.0, "w", "reachable('the loop ran') reached with n=0"),
+        (3.0, "w", "sometimes('the count reached two') true with n=2"),
+    ]
