@@ -19,6 +19,7 @@ the ids of requests already applied, and answer a resend with the first answer.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import anyio
@@ -69,10 +70,9 @@ def counter_server(*, dedupe: bool) -> Any:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(stop_on_shutdown)
                 async for request in transport:
-                    try:
+                    # A TransportError: the client's connection is gone; it resends.
+                    with contextlib.suppress(TransportError):
                         transport.send_reply(request, handle(request))
-                    except TransportError:
-                        pass  # the client's connection is gone: its transport resends
 
     return server
 
