@@ -36,6 +36,7 @@ OPTION_ITERATIONS = "--moonpool-iterations"
 OPTION_FAULT_PLAN = "--moonpool-fault-plan"
 OPTION_TIMELINE = "--moonpool-timeline"
 OPTION_SHRINK = "--moonpool-shrink"
+OPTION_SHRINK_TIME = "--moonpool-shrink-time"
 OPTION_DATABASE = "--moonpool-database"
 SECTION = "moonpool"
 
@@ -73,12 +74,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         OPTION_SHRINK,
         dest="moonpool_shrink",
+        action="store_true",
+        help="shrink the first failing seed's faults (see --moonpool-shrink-time)",
+    )
+    group.addoption(
+        OPTION_SHRINK_TIME,
+        dest="moonpool_shrink_time",
         type=float,
-        nargs="?",
-        const=_builder.SHRINK_TIME_LIMIT,
-        default=None,
+        default=_builder.SHRINK_TIME_LIMIT,
         metavar="SECONDS",
-        help="shrink the first failing seed's faults (within SECONDS, default 60)",
+        help=f"wall seconds a shrink may take (default {_builder.SHRINK_TIME_LIMIT:g})",
     )
     group.addoption(
         OPTION_DATABASE,
@@ -113,11 +118,11 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[_builder.ENV_FAULT_PLAN] = plan
     if config.getoption("moonpool_timeline"):
         os.environ[_builder.ENV_TIMELINE] = "1"
-    shrink = config.getoption("moonpool_shrink")
-    if shrink is not None:
-        if not shrink > 0:
-            raise pytest.UsageError(f"{OPTION_SHRINK} takes a number of seconds > 0")
-        os.environ[_builder.ENV_SHRINK] = str(shrink)
+    if config.getoption("moonpool_shrink"):
+        seconds = config.getoption("moonpool_shrink_time")
+        if not seconds > 0:
+            raise pytest.UsageError(f"{OPTION_SHRINK_TIME} takes a number of seconds > 0")
+        os.environ[_builder.ENV_SHRINK] = str(seconds)
     database = config.getoption("moonpool_database")
     if database is not None:
         os.environ[_builder.ENV_DATABASE] = database
@@ -152,6 +157,8 @@ def _section(item: pytest.Item, failed: SimulationFailed) -> str:
     lines: list[str] = []
     if simulation.shrunk is not None:
         lines.append(str(simulation.shrunk))
+    if simulation.shrink_note:
+        lines.append(f"shrink: {simulation.shrink_note}")
     if simulation.failures:
         first = simulation.failures[0]
         timeline = next(

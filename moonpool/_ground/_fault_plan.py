@@ -2,12 +2,14 @@
 
 Shrinking a failure (``--shrink``) replays its seed with some faults suppressed.
 For that, every fault needs a name that means the same thing in the replay:
-``reset/client-1->server#2`` is the third reset the dice decided on the
-client-1 -> server direction, ``buggify/kv.py:apply+3#0`` the first firing of
-that buggify site, ``attrition#4`` the fifth kill attrition drew.  Each such
-decision is drawn from a random stream keyed by what it decides (see
-:mod:`moonpool.net._faults`), so suppressing one fault leaves the dice of every
-other where they were; the ordinal counts the decisions that came up "fault",
+``reset/server->client-0@346#0`` is the reset of the write that starts at byte
+346 of the server -> client-0 direction (``#1`` would be a second decision at
+that byte: the resend after the first), ``connect_failure/client->server:4500#2``
+the third connect refused on that pair, ``buggify/kv.py:apply+3#0`` the first
+firing of that buggify site, ``attrition#4`` the fifth kill attrition drew,
+``partition#1`` the second random partition.  Each such decision has dice of its
+own (see :mod:`moonpool.net._faults`), so suppressing one fault leaves every
+other where it was; the ordinal counts the decisions that came up "fault",
 suppressed or not, so it does not shift either.
 
 A plan is the set of fault names allowed to happen: a seed replayed with a plan
@@ -64,7 +66,7 @@ def parse_fault_plan(text: str) -> frozenset[str]:
         if not hash_sign or not base or not ordinal.isdigit():
             raise ValueError(
                 f"{fault_id!r} is not a fault name: a fault plan is names such as "
-                f"'reset/client->server:4500#0' separated by commas (as --shrink prints "
+                f"'reset/server->client-0@346#0' separated by commas (as --shrink prints "
                 f"them), or 'none'"
             )
     return frozenset(ids)

@@ -53,7 +53,7 @@ class TimelineEvent:
     text: str
 
     def __str__(self) -> str:
-        return f"{self.time:10.4f}s  {self.host or '-':<14} {self.kind:<9} {self.text}"
+        return f"{self.time:10.4f}s  {self.host or '-':<14} {self.kind:<11} {self.text}"
 
 
 TimelineEvent.__module__ = "moonpool.sim"

@@ -41,7 +41,7 @@ from moonpool.sim._report import (
     SimulationInterrupted,
     SimulationReport,
 )
-from moonpool.sim._shrink import ShrunkPlan
+from moonpool.sim._shrink import ShrinkError, ShrunkPlan
 from moonpool.sim._workload import Process, Workload, WorkloadFunction
 
 __all__ = [
@@ -65,6 +65,7 @@ __all__ = [
     "ProcessEvent",
     "RunRecord",
     "SavedSeed",
+    "ShrinkError",
     "ShrunkPlan",
     "SimulationBuilder",
     "SimulationFailed",

@@ -17,7 +17,7 @@ from typing import Self, final
 
 import msgspec
 
-from moonpool._ground._fault_plan import format_fault_plan, parse_fault_plan
+from moonpool._ground._fault_plan import InjectedFault, format_fault_plan, parse_fault_plan
 from moonpool._ground._run import AssertionRecord
 from moonpool.net._chaos import ChaosConfig
 from moonpool.sim._attrition import Attrition
@@ -38,7 +38,7 @@ from moonpool.sim._report import (
     SimulationInterrupted,
     SimulationReport,
 )
-from moonpool.sim._shrink import ShrunkPlan, shrink_faults
+from moonpool.sim._shrink import ShrinkError, ShrunkPlan, shrink_faults
 from moonpool.sim._timeline_diff import first_divergence
 from moonpool.sim._workload import Process, ProcessSpec, Workload, WorkloadFunction, WorkloadSpec
 
@@ -399,45 +399,65 @@ class SimulationBuilder:
 
         Replays the seed with faults suppressed (delta debugging over the names of
         the faults it injected, whole families first) until removing any one more
-        fault makes it pass, or ``time_limit`` wall seconds have passed.  Raises
-        ``ValueError`` when the seed passes.
+        fault makes it pass, or ``time_limit`` wall seconds have passed.  "The same
+        way": the same kind of failure, at the same assertion site or raised from
+        the same line with the same exception type.  Raises :class:`ShrinkError`
+        when the seed passes, or fails differently when replayed (the program is not
+        deterministic).
         """
+        return self._shrink(seed, time_limit, None)
+
+    def _shrink(self, seed: int, time_limit: float, ctrl_c: CtrlC | None) -> ShrunkPlan:
         _positive_seconds("shrink time limit", time_limit)
         self._apply_environment()
         started = time.perf_counter()
         config = self._iteration_config(seed)
-        original = run_iteration(seed, config, self._replay)
+        original = run_iteration(seed, config, self._replay, ctrl_c)
         if original.failure is None:
-            raise ValueError(f"seed {seed} passes: there is no failure to shrink")
+            raise ShrinkError(f"seed {seed} passes: there is no failure to shrink")
         signature = _signature(original)
+        interrupted: list[bool] = []
 
         def fails(plan: frozenset[str]) -> bool:
-            replay = run_iteration(seed, dataclasses.replace(config, fault_plan=plan), self._replay)
+            try:
+                replay = run_iteration(
+                    seed, dataclasses.replace(config, fault_plan=plan), self._replay, ctrl_c
+                )
+            except KeyboardInterrupt:  # a second Ctrl-C cancelled this replay
+                interrupted.append(True)
+                return False
             return replay.failure is not None and _signature(replay) == signature
 
-        kept, replays, minimal = shrink_faults(original.run.fault_log, fails, time_limit=time_limit)
-        plan = frozenset(fault.id for fault in kept)
-        # Once more, to report the kept faults as they happen under the plan alone.
-        final = run_iteration(
-            seed,
-            dataclasses.replace(config, fault_plan=plan, record_timeline=True),
-            self._replay,
+        def stop() -> bool:
+            return bool(interrupted) or (ctrl_c is not None and ctrl_c.stop_requested)
+
+        kept, replays, minimal = shrink_faults(
+            original.run.fault_log, fails, time_limit=time_limit, stop=stop
         )
-        if final.failure is None or _signature(final) != signature:  # pragma: no cover
-            raise RuntimeError(
-                f"seed {seed} with fault plan {format_fault_plan(sorted(plan))!r} failed while "
-                f"shrinking, but not on this replay: the simulation is not deterministic "
-                f"(try --check-determinism)"
-            )
-        text = format_fault_plan(fault.id for fault in final.record.injected)
+        plan = frozenset(fault.id for fault in kept)
+        faults: tuple[InjectedFault, ...] = tuple(kept)  # as they came in the original
+        failure = original.failure.error
+        if not stop():
+            # Once more, to report the kept faults as they happen under the plan alone.
+            again = dataclasses.replace(config, fault_plan=plan, record_timeline=True)
+            final = run_iteration(seed, again, self._replay)
+            if final.failure is None or _signature(final) != signature:
+                raise ShrinkError(
+                    f"seed {seed} with fault plan {format_fault_plan(sorted(plan))!r} failed "
+                    f"while shrinking, but not on this replay: the simulation is not "
+                    f"deterministic (try --check-determinism)"
+                )
+            faults, failure = tuple(final.record.injected), final.failure.error
+            replays += 1
+        text = format_fault_plan(fault.id for fault in faults)
         return ShrunkPlan(
             seed=seed,
-            faults=tuple(final.record.injected),
+            faults=faults,
             original_faults=len(original.run.fault_log),
-            failure=final.failure.error,
-            replays=replays + 2,
+            failure=failure,
+            replays=replays + 1,
             wall_time=time.perf_counter() - started,
-            minimal=minimal,
+            minimal=minimal and not stop(),
             replay=self._plan_replay(seed, text),
         )
 
@@ -526,6 +546,8 @@ class SimulationBuilder:
         known_failing = set(saved)
         nondeterministic: dict[str, None] = {}
         shrunk: list[ShrunkPlan] = []
+        shrink_notes: list[str] = []
+        planned: set[str] = set()  # the fault plan's entries that came up
 
         def report(*, interrupted: bool = False) -> SimulationReport:
             return SimulationReport(
@@ -549,6 +571,8 @@ class SimulationBuilder:
                 database=None if database is None else str(database.path_for(key)),
                 nondeterministic=tuple(nondeterministic),
                 shrunk=shrunk[0] if shrunk else None,
+                shrink_note=next((note for note in shrink_notes if note), ""),
+                fault_plan_unused=tuple(sorted((self._fault_plan or frozenset()) - planned)),
                 fault_plan=None
                 if self._fault_plan is None
                 else format_fault_plan(sorted(self._fault_plan)),
@@ -572,6 +596,8 @@ class SimulationBuilder:
                         database.record(key, seed, failed=failed, error=error)
                     if failed:
                         known_failing.add(seed)
+                if self._fault_plan is not None:
+                    planned.update(fault.id for fault in result.run.fault_log)
                 for line in result.record.nondeterministic:
                     if line not in nondeterministic:
                         nondeterministic[line] = None
@@ -598,12 +624,32 @@ class SimulationBuilder:
                     break
             else:
                 stopped.append(f"ran the {len(runs)} seed(s) given")
-            if self._shrink_limit is not None and failures:
-                try:
-                    shrunk.append(self.shrink(failures[0].seed, time_limit=self._shrink_limit))
-                except KeyboardInterrupt as exc:
-                    raise SimulationInterrupted(report(interrupted=True)) from exc
+            if self._shrink_limit is not None:
+                shrink_notes.append(self._shrink_first(failures, ctrl_c, shrunk))
+                if ctrl_c.stop_requested:
+                    raise SimulationInterrupted(report(interrupted=True))
         return report()
+
+    def _shrink_first(
+        self, failures: list[FailureRecord], ctrl_c: CtrlC, into: list[ShrunkPlan]
+    ) -> str:
+        """Shrink the first failure that can be (into ``into``); say what happened."""
+        candidates = [f for f in failures if f.kind != "nondeterminism"]
+        if not candidates:
+            if failures:
+                return "nothing to shrink: the seeds failed by not being deterministic"
+            return "nothing to shrink: no seed failed"
+        seed = candidates[0].seed
+        assert self._shrink_limit is not None
+        try:
+            into.append(self._shrink(seed, self._shrink_limit, ctrl_c))
+        except ShrinkError as exc:
+            return f"cannot shrink seed {seed}: {exc}"
+        except KeyboardInterrupt:  # Ctrl-C during the first replay: nothing found yet
+            return f"shrinking seed {seed} was interrupted (Ctrl-C) before it found anything"
+        if ctrl_c.stop_requested:
+            return f"shrinking seed {seed} was interrupted (Ctrl-C): the plan may not be minimal"
+        return ""
 
     def _compare_with_rerun(
         self, first: IterationResult, config: IterationConfig, ctrl_c: CtrlC
@@ -682,13 +728,21 @@ def _qualified(fn: object) -> str:
 
 def _signature(result: IterationResult) -> tuple[str, str]:
     """What makes two failures "the same" for shrinking: the kind, and the violated
-    site or the exception's type (not its message, which may carry values)."""
+    site -- or who raised what, from which line (not the message, which may carry
+    values).  Like hypothesis, which tells failures apart by where they come from."""
     failure = result.failure
     assert failure is not None
     if failure.kind == "assertion" and result.run.assertion_failures:
         return failure.kind, result.run.assertion_failures[0]
-    raised = re.search(r" raised ([\w.]+)", failure.error)
-    return failure.kind, raised.group(1) if raised else ""
+    who, raised, what = failure.error.partition(" raised ")
+    if not raised:
+        return failure.kind, ""
+    frames = _FRAME.findall(failure.traceback)
+    where = f"{os.path.basename(frames[-1][0])}:{frames[-1][1]}" if frames else "?"
+    return failure.kind, f"{who} raised {what.split(':')[0]} at {where}"
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 
 def _positive_seconds(what: str, seconds: float) -> float:

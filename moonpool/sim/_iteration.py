@@ -340,6 +340,14 @@ def run_iteration(
     if supervisor.interrupted:
         raise KeyboardInterrupt(f"Ctrl-C cancelled seed {seed}")
     wall = time.perf_counter() - started
+    if supervisor.failure is None and config.strict_determinism and calls:
+        # Strict: a nondeterministic call fails the seed even if the program caught
+        # the NondeterminismError (an ``except Exception`` around it, say).
+        call = next(iter(calls.values()))
+        message = f"strict determinism: {call.describe()}"
+        supervisor.failure = ("nondeterminism", message, message)
+        run.timeline.ended = False
+        run.timeline.add("failure", f"[nondeterminism] {message}", "", clock.current_time())
     if supervisor.failure is None and run.assertion_failures:
         # A violation the program caught (an ``except Exception`` around an always):
         # the seed fails all the same, and its timeline ends with that failure.

@@ -159,6 +159,11 @@ class SimulationReport:
     shrunk: ShrunkPlan | None = None
     #: The fault plan every seed ran with (``set_fault_plan``), or None: all faults.
     fault_plan: str | None = None
+    #: Entries of the fault plan that no seed's dice came up with: a plan for another
+    #: seed, or one the code has moved away from since it was shrunk.
+    fault_plan_unused: Sequence[str] = ()
+    #: Why shrinking (asked for) did not give a plan, or was cut short ("" otherwise).
+    shrink_note: str = ""
 
     def timeline(self, seed: int) -> Sequence[TimelineEvent]:
         """The whole timeline of ``seed`` (recorded with ``record_timeline``/``--timeline``).
@@ -246,6 +251,8 @@ class SimulationReport:
             "fault_plan": self.fault_plan,
             "nondeterministic": list(self.nondeterministic),
             "shrunk": None if self.shrunk is None else self.shrunk.to_dict(),
+            "shrink_note": self.shrink_note,
+            "fault_plan_unused": list(self.fault_plan_unused),
             "iterations": self.iterations,
             "wall_time": self.wall_time,
             "total_events": self.total_events,
@@ -296,8 +303,9 @@ class SimulationReport:
         if self.stopped_because:
             lines.append(f"  stopped:    {self.stopped_because}")
         if self.base_seed is not None:
+            again = "the same batch" if not self.database_seeds else "its new seeds"
             lines.append(
-                f"  base seed:  {self.base_seed} (the same batch again: --base-seed "
+                f"  base seed:  {self.base_seed} ({again} again: --base-seed "
                 f"{self.base_seed}, or set_base_seed({self.base_seed}))"
             )
         if self.database_seeds:
@@ -306,7 +314,13 @@ class SimulationReport:
                 f"first ({self.database})"
             )
         if self.fault_plan is not None:
-            lines.append(f"  fault plan: only {self.fault_plan}")
+            lines.append(f"  fault plan: only {_shortened(self.fault_plan)}")
+            if self.fault_plan_unused:
+                unused = _shortened(",".join(self.fault_plan_unused))
+                lines.append(
+                    f"    {len(self.fault_plan_unused)} of its entries never came up (another "
+                    f"seed's plan, or the code changed): {unused}"
+                )
         if self.nondeterministic:
             lines.append("  nondeterminism (calls a seed does not determine; replays may differ):")
             lines += [f"    {line}" for line in self.nondeterministic]
@@ -329,11 +343,17 @@ class SimulationReport:
             lines += [f"    {line}" for line in first.traceback.rstrip().splitlines()]
         if self.shrunk is not None:
             lines += [f"  {line}" for line in str(self.shrunk).splitlines()]
+        if self.shrink_note:
+            lines.append(f"  shrink: {self.shrink_note}")
         if self.interrupted:
             lines.append(f"  result: INTERRUPTED (Ctrl-C) after {self.iterations} seeds")
         else:
             lines.append(f"  result: {'SUCCESS' if self.ok else 'FAILURE'}")
         return "\n".join(lines)
+
+
+def _shortened(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _describe_attrition(totals: Mapping[str, int], kills: Mapping[str, int]) -> str:

@@ -23,10 +23,20 @@ from typing import Any, final
 
 from moonpool._ground._fault_plan import InjectedFault, format_fault_plan
 
-__all__ = ["ShrunkPlan", "shrink_faults"]
+__all__ = ["ShrinkError", "ShrunkPlan", "shrink_faults"]
+
+#: How many kept faults the text shows (a time-limited shrink may keep hundreds).
+SHOWN = 20
 
 FailsWith = Callable[[frozenset[str]], bool]
 """Replays the seed allowing only these faults: True when it still fails the same way."""
+
+
+class ShrinkError(ValueError):
+    """A seed cannot be shrunk: it passes, or it does not fail the same way again."""
+
+
+ShrinkError.__module__ = "moonpool.sim"
 
 
 @final
@@ -85,12 +95,20 @@ class ShrunkPlan:
             f"shrunk seed {self.seed}: {kept} of {self.original_faults} faults still make it "
             f"fail{how}, found in {self.replays} replays ({self.wall_time:.1f}s):"
         ]
-        lines += [f"  {number}. {fault.describe()}" for number, fault in enumerate(self.faults, 1)]
+        shown = self.faults[:SHOWN]
+        lines += [f"  {number}. {fault.describe()}" for number, fault in enumerate(shown, 1)]
+        if kept > len(shown):
+            lines.append(f"  ... and {kept - len(shown)} more (all of them in the --json report)")
         if not self.faults:
             lines.append("  (none: the seed fails without any fault -- a plain bug)")
         lines.append(f"  fails with: {self.failure}")
-        if self.replay:
+        if self.replay and len(self.replay) <= 2000:
             lines.append(f"  replay: {self.replay}")
+        elif self.replay:
+            lines.append(
+                "  replay: the plan is too long for a command line: save the report with "
+                "--json and replay with --seed N --fault-plan @report.json"
+            )
         return "\n".join(lines)
 
 
@@ -99,6 +117,7 @@ ShrunkPlan.__module__ = "moonpool.sim"
 
 class _Search:
     def __init__(self, fails: FailsWith, out_of_time: Callable[[], bool]) -> None:
+        # out_of_time: the time limit passed, or the user asked to stop (Ctrl-C).
         self._fails = fails
         self._out_of_time = out_of_time
         self._seen: dict[frozenset[str], bool] = {}
@@ -123,16 +142,17 @@ def shrink_faults(
     fails: FailsWith,
     *,
     time_limit: float = 60.0,
+    stop: Callable[[], bool] = lambda: False,
 ) -> tuple[list[InjectedFault], int, bool]:
     """The faults of ``faults`` to keep, the replays made, and whether the result is minimal.
 
     ``fails`` must be true for the whole of ``faults`` (the failing run itself);
     the result is a subset for which it is still true and, unless ``time_limit``
-    (wall seconds) ran out, one from which removing any single fault makes it
-    false.
+    (wall seconds) ran out or ``stop()`` said so, one from which removing any
+    single fault makes it false.
     """
     started = time.perf_counter()
-    search = _Search(fails, lambda: time.perf_counter() - started > time_limit)
+    search = _Search(fails, lambda: stop() or time.perf_counter() - started > time_limit)
     by_id = {fault.id: fault for fault in faults}
     current = list(by_id)
     if search.fails([]):

@@ -203,7 +203,7 @@ def test_simulation() -> None:
     )
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "--moonpool-iterations", "3", "--moonpool-seed", "3",
-        "--moonpool-timeline", "--moonpool-shrink", "20",
+        "--moonpool-timeline", "--moonpool-shrink", "--moonpool-shrink-time", "20",
     )  # fmt: skip
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
@@ -269,7 +269,9 @@ def test_logs_are_kept_with_the_seed_not_printed(tmp_path: Path) -> None:
     failure = document["failures"][0]
     assert "Timeline of this seed, its last 40 of " in failure["traceback"]
     # The most recent lines are kept, stamped with simulated time and the host.
-    line = "150.0000s  w              log       WARNING moonpool.transport: closing connection 299"
+    line = (
+        "150.0000s  w              log         WARNING moonpool.transport: closing connection 299"
+    )
     assert line in failure["traceback"]
     assert "closing connection 0:" not in failure["traceback"]  # only the tail is kept
     tail = failure["timeline_tail"]

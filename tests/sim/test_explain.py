@@ -42,9 +42,11 @@ from moonpool.sim import (
     ProcessContext,
     ShrunkPlan,
     SimulationBuilder,
+    SimulationInterrupted,
     SimulationReport,
     TimelineEvent,
     WorkloadContext,
+    buggify,
     reachable,
     sometimes,
 )
@@ -786,3 +788,118 @@ def test_sometimes_and_reachable_put_their_first_time_and_details_on_the_timelin
         (1.0, "w", "reachable('the loop ran') reached with n=0"),
         (3.0, "w", "sometimes('the count reached two') true with n=2"),
     ]
+
+
+# -- found by review: what a shrink does when it cannot, or is told to stop -----------
+
+
+def _chaotic(workload: Any) -> SimulationBuilder:
+    return (
+        SimulationBuilder()
+        .enable_buggify()
+        .set_chaos(ChaosConfig.default())
+        .set_database(None)
+        .register_workload("w", workload)
+    )
+
+
+async def _two_sites(ctx: WorkloadContext) -> None:
+    a = b = False
+    for _ in range(40):
+        await trio.sleep(0.1)
+        a = a or buggify()
+        b = b or buggify()
+    if a and b:
+        raise RuntimeError("bug X: both sites fired")
+    if a:
+        raise RuntimeError("bug Y: only the first site fired")
+
+
+def test_a_shrink_keeps_the_failure_it_started_from_not_another_one_nearby() -> None:
+    """Bug X needs both buggify sites; without the second, the seed fails *too*, but
+    with bug Y, raised from another line: that is not the same failure."""
+    report = _chaotic(_two_sites).set_base_seed(8).override_iterations(40).run()
+    seeds = [f.seed for f in report.failures if "bug X" in f.error]
+    assert seeds, "no seed of the batch had both sites fire"
+    plan = _chaotic(_two_sites).shrink(seeds[0], time_limit=30)
+    assert "bug X" in plan.failure
+    sites = {fault.id.split("#")[0] for fault in plan.faults}
+    assert len(sites) == 2 and all(site.startswith("buggify/test_explain.py:") for site in sites)
+    again = _chaotic(_two_sites).set_seeds([seeds[0]]).set_fault_plan(plan.plan).run()
+    assert "bug X" in again.failures[0].error
+
+
+_runs = iter(range(1_000_000))
+
+
+async def _fails_only_the_first_time(ctx: WorkloadContext) -> None:
+    await trio.sleep(1)
+    if next(_runs) == 0:  # state outside the simulation: not deterministic
+        raise RuntimeError("the first run fails")
+
+
+def test_a_shrink_that_cannot_replay_the_failure_says_so_and_keeps_the_report() -> None:
+    global _runs
+    _runs = iter(range(1_000_000))
+    report = _chaotic(_fails_only_the_first_time).set_seeds([4]).set_shrink(time_limit=10).run()
+    assert len(report.failures) == 1 and report.shrunk is None
+    assert report.shrink_note.startswith("cannot shrink seed 4: seed 4 passes")
+    assert "shrink: cannot shrink seed 4" in str(report)
+    assert json.loads(report.to_json())["shrink_note"] == report.shrink_note
+
+
+def test_a_shrink_with_nothing_to_shrink_says_so() -> None:
+    async def fine(ctx: WorkloadContext) -> None:
+        await trio.sleep(1)
+
+    report = _chaotic(fine).set_seeds([1, 2]).set_shrink().run()
+    assert report.ok and report.shrink_note == "nothing to shrink: no seed failed"
+
+
+def test_ctrl_c_stops_a_shrink_and_keeps_what_it_found() -> None:
+    import signal
+
+    runs = iter(range(100))
+
+    async def plain_bug(ctx: WorkloadContext) -> None:
+        await trio.sleep(0.5)
+        if next(runs) == 2:  # the shrink's first replay with faults suppressed
+            signal.raise_signal(signal.SIGINT)
+        await trio.sleep(0.5)
+        raise RuntimeError("always fails")
+
+    with pytest.raises(SimulationInterrupted) as stopped:
+        _chaotic(plain_bug).set_seeds([5]).set_shrink(time_limit=60).run()
+    report = stopped.value.report
+    assert report.interrupted and len(report.failures) == 1
+    assert report.shrunk is not None and not report.shrunk.minimal
+    assert "interrupted (Ctrl-C)" in report.shrink_note
+
+
+def test_strict_determinism_fails_the_seed_even_if_the_program_swallows_the_error() -> None:
+    async def careless(ctx: WorkloadContext) -> None:
+        await trio.sleep(1)
+        with contextlib.suppress(Exception):
+            time.time()
+
+    with pytest.warns(NondeterminismWarning):
+        report = _chaotic(careless).set_seeds([2]).set_strict_determinism().run()
+    [failure] = report.failures
+    assert failure.kind == "nondeterminism"
+    assert "strict determinism: time.time() called at" in failure.error
+    assert failure.timeline_tail[-1].kind == "failure"
+
+
+def test_a_fault_plan_whose_entries_never_come_up_says_so() -> None:
+    report = (
+        load_example("lost_update")
+        .simulation()
+        .set_database(None)
+        .set_seeds([3415330359])
+        .set_fault_plan("reset/server->client-0@346#0,reset/nowhere->nobody@1#0")
+        .run()
+    )
+    assert not report.ok  # the real entry still makes it fail
+    assert report.fault_plan_unused == ("reset/nowhere->nobody@1#0",)
+    assert "1 of its entries never came up" in str(report)
+    assert "fault-plan 'reset/nowhere" in report.failures[0].replay  # it names the plan
