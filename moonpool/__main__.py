@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = interrupted.report  # what ran before Ctrl-C, then exit like Ctrl-C
     progress.finish()
     if args.timeline and not args.json:
-        _print_timelines(report, args)
+        _print_timelines(report, args, builder)
     print(report.to_json() if args.json else report)
     if report.interrupted:
         return 130
@@ -193,8 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _explain_options(builder: SimulationBuilder, args: argparse.Namespace) -> None:
     if args.timeline or args.timeline_host or args.timeline_kind:
-        builder.record_timeline()
         args.timeline = True
+        # With --seed (or --json, which prints every seed's), every timeline is kept;
+        # otherwise only the one printed, by replaying its seed afterwards: a seed
+        # replays exactly, and thousands of whole timelines would fill the memory.
+        if args.seed or args.json:
+            builder.record_timeline()
     if args.shrink:
         if not args.shrink_time > 0:
             raise UsageError("--shrink-time must be > 0 seconds")
@@ -233,13 +237,18 @@ def _read_plan(text: str) -> str:
     raise ValueError(f"{text[1:]} holds no fault plan (expected a --shrink --json report)")
 
 
-def _print_timelines(report: SimulationReport, args: argparse.Namespace) -> None:
+def _print_timelines(
+    report: SimulationReport, args: argparse.Namespace, builder: SimulationBuilder
+) -> None:
     """The timeline of each seed asked for, else of the first failing seed (else the first)."""
     if args.seed:
         runs = [run for run in report.runs if run.seed in set(args.seed)]
     else:
         failing = {failure.seed for failure in report.failures}
         runs = [run for run in report.runs if run.seed in failing][:1] or list(report.runs[:1])
+        if runs:  # replayed, now with its timeline
+            builder.set_seeds([runs[0].seed]).set_database(None).set_shrink(False)
+            runs = list(builder.record_timeline().set_progress(lambda *_: None).run().runs)
     for run in runs:
         shown = format_timeline(run.timeline, hosts=args.timeline_host, kinds=args.timeline_kind)
         filters = ", ".join(
@@ -249,7 +258,10 @@ def _print_timelines(report: SimulationReport, args: argparse.Namespace) -> None
             f"timeline of seed {run.seed} ({'passed' if run.ok else 'FAILED'}; "
             f"{len(run.timeline)} events{'; only ' + filters if filters else ''}):"
         )
-        print(shown or "  (no event matches)")
+        if not shown:
+            hosts = sorted({event.host for event in run.timeline if event.host})
+            shown = f"  (no event matches; its hosts: {', '.join(hosts)})"
+        print(shown)
         print()
 
 

@@ -19,6 +19,7 @@ import msgspec
 
 from moonpool._ground._fault_plan import InjectedFault, format_fault_plan, parse_fault_plan
 from moonpool._ground._run import AssertionRecord
+from moonpool._ground._timeline import TAIL
 from moonpool.net._chaos import ChaosConfig
 from moonpool.sim._attrition import Attrition
 from moonpool.sim._database import DEFAULT_DIRECTORY, FailureDatabase
@@ -348,7 +349,9 @@ class SimulationBuilder:
         """Name this simulation: the failure database keeps its failing seeds under it.
 
         Default: the running test's node id under pytest, the target under the CLI,
-        else the qualified names of the registered processes and workloads.
+        else the qualified names of the registered processes and workloads -- which
+        two builders registering the same functions (a buggy and a fixed variant
+        made by one factory, say) share: name them.
         """
         if not isinstance(name, str) or not name:
             raise ValueError(f"a simulation's name is a non-empty string, got {name!r}")
@@ -677,6 +680,7 @@ class SimulationBuilder:
             traceback="\n".join(part for part in (message, where, hint) if part),
             sim_time=first.record.sim_time,
             replay=self._replay_hint(seed),
+            timeline_tail=tuple(first.record.timeline[-TAIL:]),
         )
         record = dataclasses.replace(record, ok=False)
         return dataclasses.replace(first, record=record, failure=failure)

@@ -445,6 +445,10 @@ def _patches() -> list[tuple[object, str, object, object]]:
             patches.append((random, name, current, wrapper))
     urandom = _entropy_wrapper(_unwrapped(os.urandom))
     patches.append((os, "urandom", os.urandom, urandom))
+    if hasattr(os, "getrandom"):  # Linux
+        current = os.getrandom
+        wrapper = _direct_wrapper(_unwrapped(current), "os.getrandom()", ENTROPY_ADVICE)
+        patches.append((os, "getrandom", current, wrapper))
     if hasattr(random, "_urandom"):
         current = getattr(random, "_urandom")  # noqa: B009 -- private, not in the stubs
         patches.append((random, "_urandom", current, _entropy_wrapper(_unwrapped(current))))

@@ -55,6 +55,7 @@ def _snapshot() -> dict[str, object]:
     values: dict[str, object] = {f"time.{name}": getattr(time, name) for name in _TIME_NAMES}
     values.update({f"random.{name}": getattr(random, name) for name in _RANDOM_NAMES})
     values["os.urandom"] = os.urandom
+    values["os.getrandom"] = os.getrandom
     values["random._urandom"] = getattr(random, "_urandom")  # noqa: B009
     values["socket.socketpair"] = socket.socketpair
     values["socket.create_connection"] = socket.create_connection
@@ -199,6 +200,10 @@ def _system_random() -> object:
     return random.SystemRandom().random()
 
 
+def _os_getrandom() -> object:
+    return os.getrandom(8)
+
+
 def _socket_socket() -> object:
     return socket.socket()
 
@@ -267,6 +272,7 @@ _CASES = [
     _Case(_secrets_token_hex, "os.urandom()", lambda v: len(bytes.fromhex(v)) == 32),
     _Case(_secrets_token_bytes, "os.urandom()", lambda v: len(v) == 8),
     _Case(_system_random, "os.urandom()", lambda v: 0.0 <= v < 1.0),
+    _Case(_os_getrandom, "os.getrandom()", lambda v: isinstance(v, bytes) and len(v) == 8),
     _Case(_socket_socket, "socket.socket()", _is_socket),
     _Case(_socket_socketpair, "socket.socketpair()", _is_socket_pair),
 ]

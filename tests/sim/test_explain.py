@@ -903,3 +903,18 @@ def test_a_fault_plan_whose_entries_never_come_up_says_so() -> None:
     assert report.fault_plan_unused == ("reset/nowhere->nobody@1#0",)
     assert "1 of its entries never came up" in str(report)
     assert "fault-plan 'reset/nowhere" in report.failures[0].replay  # it names the plan
+
+
+def test_cli_timeline_without_a_seed_replays_the_first_failing_one() -> None:
+    """Without --seed, no seed keeps its whole timeline while the batch runs; the
+    first failing seed is replayed with it afterwards (a replay is exact)."""
+    seed = _failing_seed()
+    result = _cli(
+        "run", str(LOST_UPDATE), "--quiet", "--no-database", "--base-seed", str(BASE_SEED),
+        "--iterations", str(BATCH), "--timeline", "--timeline-host", "nobody",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert f"timeline of seed {seed} (FAILED; " in result.stdout
+    assert "(no event matches; its hosts: client-0, client-1, server)" in result.stdout
+    replayed = _replay().runs[0]
+    assert f"FAILED; {len(replayed.timeline)} events; only host nobody" in result.stdout
