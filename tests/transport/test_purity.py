@@ -24,6 +24,7 @@ PURE_MODULES = [
     "moonpool.transport._framing",
     "moonpool.transport._protocol",
     "moonpool.transport._circuit",
+    "moonpool.transport._load_balance",
 ]
 ASYNC_LIBRARIES = ("trio", "anyio", "asyncio", "sniffio")
 # Anything that reads a clock, sleeps, or does I/O.
