@@ -23,6 +23,7 @@ from moonpool.transport._errors import (
     ConnectionFailed,
     FrameTooLarge,
     MaybeDelivered,
+    NoServerAvailable,
     PeerFailed,
     RemoteError,
     SendQueueFull,
@@ -44,6 +45,7 @@ from moonpool.transport._protocol import (
     TransportStats,
 )
 from moonpool.transport._server import ReceivedEnvelope, ServerStats, ServerTransport
+from moonpool.transport._server_group import ServerGroup
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -68,6 +70,7 @@ __all__ = [
     "FrameTooLarge",
     "KindedEnvelope",
     "MaybeDelivered",
+    "NoServerAvailable",
     "Peer",
     "PeerConfig",
     "PeerFailed",
@@ -79,6 +82,7 @@ __all__ = [
     "RetryPolicy",
     "SendQueueFull",
     "SerializationError",
+    "ServerGroup",
     "ServerStats",
     "ServerTransport",
     "Transmit",

@@ -14,6 +14,7 @@ __all__ = [
     "ConnectionFailed",
     "FrameTooLarge",
     "MaybeDelivered",
+    "NoServerAvailable",
     "PeerFailed",
     "RemoteError",
     "SendQueueFull",
@@ -49,6 +50,12 @@ class MaybeDelivered(ConnectionFailed):
 class PeerFailed(ConnectionFailed):
     """The failure monitor has seen the destination failed for longer than the
     call allowed (``get_reply_unless_failed_for``'s ``failed_for``)."""
+
+
+class NoServerAvailable(ConnectionFailed):
+    """Every server of a :class:`~moonpool.transport.ServerGroup` has been failed for
+    the group's ``failed_for`` seconds (or the group is empty): failing at once beats
+    waiting out the timeout."""
 
 
 class CircuitOpen(TransportError):
