@@ -48,6 +48,8 @@ __all__ = ["DEFAULT_STRATEGY", "ServerGroup"]
 #: (tests/transport/test_load_balance.py); to be confirmed by the benchmarks.
 DEFAULT_STRATEGY: Strategy = "least_outstanding"
 
+#: Seconds between two probes of a server the failure monitor holds failed.
+PROBE_INTERVAL = 1.0
 _BACKOFF_INITIAL = 0.02
 _BACKOFF_MAX = 1.0
 
@@ -76,6 +78,7 @@ class ServerGroup:
         self._client = client
         self._addresses: list[str] = []
         self._outstanding: dict[str, int] = {}
+        self._next_probe: dict[str, float] = {}
         for address in addresses:
             self.add(address)
         self._rng = transport_random()
@@ -113,6 +116,7 @@ class ServerGroup:
             raise ValueError(f"{address} is not in the group ({', '.join(self._addresses)})")
         self._addresses.remove(address)
         del self._outstanding[address]
+        self._next_probe.pop(address, None)
 
     # -- calls ----------------------------------------------------------------------
 
@@ -132,12 +136,28 @@ class ServerGroup:
         self._client.send(server, payload)
 
     def _pick(self, tried: set[str]) -> str | None:
-        """A server not tried yet by this call: one not failed if any, else any."""
+        """A server not tried yet by this call: one not failed if any, else any.
+
+        A failed server is due a probe every ``PROBE_INTERVAL`` seconds: one request
+        goes there to see whether it is back.  Without it, a server that rebooted
+        would never be asked again while the others answer -- nothing else sends
+        it anything, so nothing would tell the failure monitor it is up.
+        """
         monitor = self._client.failure_monitor
-        failed = {address for address in self._addresses if monitor.is_failed(address)}
+        now = anyio.current_time()
+        probes = self._next_probe
+        failed = set()
+        for address in self._addresses:
+            if monitor.is_failed(address):
+                if probes.setdefault(address, now + PROBE_INTERVAL) > now:
+                    failed.add(address)
+            else:
+                probes.pop(address, None)
         chosen = self._balancer.choose(self._addresses, self._outstanding, exclude=tried | failed)
         if chosen is None:  # only failed ones left: try one (it may be back)
             chosen = self._balancer.choose(self._addresses, self._outstanding, exclude=tried)
+        if chosen is not None and chosen in probes:
+            probes[chosen] = now + PROBE_INTERVAL  # one probe at a time
         return chosen
 
     def _all_failed_long_enough(self, now: float) -> bool:
