@@ -30,6 +30,7 @@ BENCHMARKS: Final = (
     "sim_network",
     "envelope",
     "sim_ping_pong",
+    "load_balance",
     "real_tcp",
     "fairness",
     "memory",

@@ -85,6 +85,10 @@ class ServerGroup:
         self._balancer = LoadBalancer(strategy, self._rng)
         self._attempt_timeout = attempt_timeout
         self._failed_for = failed_for
+        #: Attempts sent, and how many of them were a call moving on to another
+        #: server after a failed attempt (for reports and benchmarks).
+        self.attempts = 0
+        self.failovers = 0
 
     def __repr__(self) -> str:
         return f"<ServerGroup {self._balancer.strategy} over {', '.join(self._addresses)}>"
@@ -202,6 +206,8 @@ class ServerGroup:
                 tried.clear()
                 continue
             attempts += 1
+            self.attempts += 1
+            self.failovers += attempts > 1
             self._outstanding[server] += 1
             try:
                 ask = self._client.try_get_reply
