@@ -71,10 +71,15 @@ class ServerGroup:
         strategy: Strategy = DEFAULT_STRATEGY,
         attempt_timeout: float = 1.0,
         failed_for: float = 2.0,
+        hedge_after: float | None = None,
     ) -> None:
-        for name, value in (("attempt_timeout", attempt_timeout), ("failed_for", failed_for)):
+        settings = [("attempt_timeout", attempt_timeout), ("failed_for", failed_for)]
+        if hedge_after is not None:
+            settings.append(("hedge_after", hedge_after))
+        for name, value in settings:
             if isinstance(value, bool) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+        self._hedge_after = hedge_after
         self._client = client
         self._addresses: list[str] = []
         self._outstanding: dict[str, int] = {}
@@ -89,6 +94,8 @@ class ServerGroup:
         #: server after a failed attempt (for reports and benchmarks).
         self.attempts = 0
         self.failovers = 0
+        #: Hedged attempts sent (``hedge_after``).
+        self.hedges = 0
 
     def __repr__(self) -> str:
         return f"<ServerGroup {self._balancer.strategy} over {', '.join(self._addresses)}>"
@@ -125,8 +132,44 @@ class ServerGroup:
     # -- calls ----------------------------------------------------------------------
 
     async def get_reply(self, payload: bytes, *, timeout: float | None = None) -> bytes:
-        """The reply of one server to ``payload``; at least once, failing over."""
-        return await self._call(payload, timeout, at_most_once=False)
+        """The reply of one server to ``payload``; at least once, failing over.
+
+        With ``hedge_after``, a call still unanswered after that many seconds is
+        also sent to another server; the first reply wins and the other attempt
+        is cancelled (both servers may execute it: at least once).
+        """
+        if self._hedge_after is None or len(self._addresses) < 2:
+            return await self._call(payload, timeout, at_most_once=False)
+        return await self._hedged(payload, timeout, self._hedge_after)
+
+    async def _hedged(self, payload: bytes, timeout: float | None, after: float) -> bytes:
+        replies: list[bytes] = []
+        errors: list[Exception] = []
+        first: set[str] = set()  # where the first attempt went: the hedge goes elsewhere
+
+        async with anyio.create_task_group() as race:
+
+            async def attempt(delay: float) -> None:
+                try:
+                    if delay:
+                        await anyio.sleep(delay)
+                        self.hedges += 1
+                    reply = await self._call(
+                        payload, timeout, at_most_once=False, avoid=first, note=first
+                    )
+                except Exception as exc:  # the other attempt may still answer
+                    errors.append(exc)
+                    if len(errors) == 2:
+                        race.cancel_scope.cancel()
+                    return
+                replies.append(reply)
+                race.cancel_scope.cancel()
+
+            race.start_soon(attempt, 0.0)
+            race.start_soon(attempt, after)
+        if replies:
+            return replies[0]
+        raise errors[0]
 
     async def try_get_reply(self, payload: bytes, *, timeout: float | None = None) -> bytes:
         """The reply of one server to ``payload``; at most once."""
@@ -180,11 +223,21 @@ class ServerGroup:
             f"been failed for {self._failed_for:g}s or more (failed_for){last}"
         )
 
-    async def _call(self, payload: bytes, timeout: float | None, *, at_most_once: bool) -> bytes:
+    async def _call(
+        self,
+        payload: bytes,
+        timeout: float | None,
+        *,
+        at_most_once: bool,
+        avoid: set[str] | None = None,
+        note: set[str] | None = None,
+    ) -> bytes:
+        """One call; ``avoid``: servers its first attempt should not go to (a hedge's),
+        ``note``: where to record the server of its first attempt."""
         if timeout is None:
             timeout = self._client._default_timeout
         deadline = anyio.current_time() + timeout
-        tried: set[str] = set()
+        tried: set[str] = set(avoid or ())
         attempts, rounds = 0, 0
         last = ""
         while True:
@@ -205,6 +258,8 @@ class ServerGroup:
                 await anyio.sleep(min(left, pause * (0.5 + 0.5 * self._rng.random())))
                 tried.clear()
                 continue
+            if note is not None and not note:
+                note.add(server)
             attempts += 1
             self.attempts += 1
             self.failovers += attempts > 1

@@ -247,3 +247,27 @@ def test_every_call_is_answered_while_servers_crash_and_reboot() -> None:
     )
     report.assert_success()
     assert report.kills is not None and sum(report.kills.values()) > 0
+
+
+@pytest.mark.trio
+async def test_hedging_sends_a_slow_call_to_a_second_server_first_reply_wins(
+    autojump_clock: object,
+) -> None:
+    network, seen = calm(), Counter[str]()
+    async with trio.open_nursery() as nursery:
+        await start_servers(network, nursery, seen, SERVERS, slow="s0:4500")
+        async with ClientTransport(network) as client:
+            plain = ServerGroup(client, SERVERS, strategy="round_robin")
+            started = trio.current_time()
+            assert await plain.get_reply(b"a", timeout=10) == b"re:a"
+            assert trio.current_time() - started >= 0.5 and plain.hedges == 0  # off by default
+            hedged = ServerGroup(client, SERVERS, strategy="round_robin", hedge_after=0.05)
+            started = trio.current_time()
+            assert await hedged.get_reply(b"b", timeout=10) == b"re:b"
+            assert trio.current_time() - started < 0.2, "the hedge answered, not s0"
+            assert hedged.hedges == 1
+            await trio.sleep(1)  # s0 finishes the request it was given: at least once
+        nursery.cancel_scope.cancel()
+    assert seen["s0:4500"] == 2 and sum(seen.values()) == 3
+    with pytest.raises(ValueError, match="hedge_after must be"):
+        ServerGroup(ClientTransport(network), SERVERS, hedge_after=0)
