@@ -22,6 +22,7 @@ from moonpool.sim import (
     SimulationBuilder,
     WorkloadContext,
     always,
+    sometimes,
 )
 from moonpool.transport import (
     ClientTransport,
@@ -271,3 +272,74 @@ async def test_hedging_sends_a_slow_call_to_a_second_server_first_reply_wins(
     assert seen["s0:4500"] == 2 and sum(seen.values()) == 3
     with pytest.raises(ValueError, match="hedge_after must be"):
         ServerGroup(ClientTransport(network), SERVERS, hedge_after=0)
+
+
+async def counting_replica(ctx: ProcessContext) -> None:
+    executed: Counter[bytes] = ctx.state.setdefault("executed", Counter())
+    async with ServerTransport.bind(ctx.network, ctx.address) as server:
+
+        async def stop() -> None:
+            await ctx.shutdown.wait()
+            await server.aclose()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(stop)
+            async for request in server:
+                executed[request.payload] += 1
+                with contextlib.suppress(TransportError):
+                    server.send_reply(request, b"re:" + request.payload)
+
+
+async def at_most_once_client(ctx: WorkloadContext) -> None:
+    """try_get_reply through a group whose members change while calls are in flight."""
+    servers = [address for name, address in sorted(ctx.peers.items()) if name.startswith("r")]
+    answered: Counter[str] = ctx.state.setdefault("answered", Counter())
+    async with ClientTransport(ctx.network) as client:
+        group = ServerGroup(client, servers)
+
+        async def churn() -> None:
+            for _ in range(4):
+                await anyio.sleep(ctx.random.uniform(0.2, 0.8))
+                leaving = ctx.random.choice(group.addresses)
+                group.remove(leaving)
+                await anyio.sleep(ctx.random.uniform(0.2, 0.8))
+                group.add(leaving)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(churn)
+            for n in range(CALLS_PER_CLIENT):
+                message = f"{ctx.name} {n}".encode()
+                try:
+                    reply = await group.try_get_reply(message, timeout=10)
+                except TransportError:
+                    answered["failed"] += 1  # may or may not have run: never resent
+                else:
+                    always(reply == b"re:" + message, "each reply answers its own request")
+                    answered["ok"] += 1
+                await anyio.sleep(ctx.random.uniform(0, 0.2))
+        sometimes(group.failovers > 0, "a call moved on to another server before it was sent")
+
+
+class AtMostOnceCheck:
+    async def run(self, ctx: WorkloadContext) -> None:
+        await at_most_once_client(ctx)
+
+    async def check(self, ctx: WorkloadContext) -> None:
+        executed: Counter[bytes] = ctx.state.get("executed", Counter())
+        worst = max(executed.values(), default=0)
+        always(worst <= 1, "try_get_reply through a group runs each request at most once",
+               worst=worst)  # fmt: skip
+        sometimes(ctx.state["answered"]["ok"] > 0, "calls are answered")
+
+
+def test_try_get_reply_stays_at_most_once_while_members_and_servers_come_and_go() -> None:
+    report = (
+        SimulationBuilder()
+        .enable_buggify()
+        .set_attrition(Attrition(max_dead=1, interval=1.0))
+        .register_process("r", counting_replica, count=SERVER_COUNT)
+        .register_workload("client", AtMostOnceCheck, count=2)
+        .set_iteration_control(FixedCount(30))
+        .run()
+    )
+    report.assert_success()
