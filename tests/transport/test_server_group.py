@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -206,7 +207,8 @@ SERVER_COUNT = 3
 CALLS_PER_CLIENT = 25
 
 
-async def replica(ctx: ProcessContext) -> None:
+async def _replica(ctx: ProcessContext, record: Callable[[bytes], None]) -> None:
+    """Answer ``re:<payload>`` until shut down, telling ``record`` of each request."""
     async with ServerTransport.bind(ctx.network, ctx.address) as server:
 
         async def stop() -> None:
@@ -216,9 +218,14 @@ async def replica(ctx: ProcessContext) -> None:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(stop)
             async for request in server:
-                ctx.state.setdefault("served", Counter())[ctx.name] += 1
+                record(request.payload)
                 with contextlib.suppress(TransportError):
                     server.send_reply(request, b"re:" + request.payload)
+
+
+async def replica(ctx: ProcessContext) -> None:
+    served: Counter[str] = ctx.state.setdefault("served", Counter())
+    await _replica(ctx, lambda payload: served.update([ctx.name]))
 
 
 async def group_client(ctx: WorkloadContext) -> None:
@@ -276,18 +283,7 @@ async def test_hedging_sends_a_slow_call_to_a_second_server_first_reply_wins(
 
 async def counting_replica(ctx: ProcessContext) -> None:
     executed: Counter[bytes] = ctx.state.setdefault("executed", Counter())
-    async with ServerTransport.bind(ctx.network, ctx.address) as server:
-
-        async def stop() -> None:
-            await ctx.shutdown.wait()
-            await server.aclose()
-
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(stop)
-            async for request in server:
-                executed[request.payload] += 1
-                with contextlib.suppress(TransportError):
-                    server.send_reply(request, b"re:" + request.payload)
+    await _replica(ctx, lambda payload: executed.update([payload]))
 
 
 async def at_most_once_client(ctx: WorkloadContext) -> None:
