@@ -183,9 +183,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SimulationInterrupted as interrupted:
         report = interrupted.report  # what ran before Ctrl-C, then exit like Ctrl-C
     progress.finish()
-    if args.timeline and not args.json:
-        _print_timelines(report, args, builder)
-    print(report.to_json() if args.json else report)
+    try:
+        if args.timeline and not args.json:
+            _print_timelines(report, args, builder)
+        print(report.to_json() if args.json else report, flush=True)
+    except BrokenPipeError:
+        # The reader went away (``| head``): not an error of the simulation.  Point
+        # stdout at /dev/null so that the interpreter's final flush stays quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if report.interrupted:
         return 130
     return 0 if report.ok else 1

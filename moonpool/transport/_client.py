@@ -179,6 +179,11 @@ class ClientTransport:
         return self._state == "closed"
 
     @property
+    def default_timeout(self) -> float:
+        """The timeout of calls that do not give one (the ``timeout`` argument)."""
+        return self._default_timeout
+
+    @property
     def pending(self) -> int:
         """Requests waiting for a reply."""
         return len(self._waiters)

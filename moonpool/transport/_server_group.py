@@ -235,7 +235,7 @@ class ServerGroup:
         """One call; ``avoid``: servers its first attempt should not go to (a hedge's),
         ``note``: where to record the server of its first attempt."""
         if timeout is None:
-            timeout = self._client._default_timeout
+            timeout = self._client.default_timeout
         deadline = anyio.current_time() + timeout
         tried: set[str] = set(avoid or ())
         attempts, rounds = 0, 0

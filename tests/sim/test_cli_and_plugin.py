@@ -282,3 +282,20 @@ def test_logs_are_kept_with_the_seed_not_printed(tmp_path: Path) -> None:
         "kind": "log",
         "text": "WARNING moonpool.transport: closing connection 299: corrupted frame",
     }
+
+
+def test_cli_output_into_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
+    """``python -m moonpool run ... | head -1``: the reader leaves early."""
+    module = tmp_path / "flaky_sim.py"
+    module.write_text(FAILING_MODULE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moonpool", "run", str(module), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_cli_environment(),
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # gone before the report is written, like a quick head
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 1  # the simulation's verdict, not a crash
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
