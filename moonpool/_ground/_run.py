@@ -99,12 +99,6 @@ class SimRun:
         """Count one occurrence of ``name`` for the report (see :attr:`observed`)."""
         self.observed[name] = self.observed.get(name, 0) + 1
 
-    def record_fault(self, family: str, detail: str = "") -> None:
-        """Count a fault that no plan can suppress (a test's own) and trace it."""
-        self.faults[family] = self.faults.get(family, 0) + 1
-        self.trace_text(f"fault:{family}:{detail}")
-        self.timeline.add("fault", f"{family} {detail}".rstrip())
-
     def admit_fault(
         self,
         name: str,

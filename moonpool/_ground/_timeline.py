@@ -30,7 +30,6 @@ __all__ = [
     "TAIL",
     "Timeline",
     "TimelineEvent",
-    "current_host",
     "format_timeline",
     "set_current_host",
 ]
@@ -60,11 +59,6 @@ TimelineEvent.__module__ = "moonpool.sim"
 
 
 _host: ContextVar[str] = ContextVar("moonpool_host", default="")
-
-
-def current_host() -> str:
-    """The process or workload whose task is running ("" for the runtime itself)."""
-    return _host.get()
 
 
 def set_current_host(name: str) -> None:

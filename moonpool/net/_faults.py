@@ -119,8 +119,14 @@ def _mix64(value: int) -> int:
     return value ^ (value >> 31)
 
 
-def _at(name: str, at: int | None) -> str:
-    return name if at is None else f"{name}@{at}"
+Decision = tuple[str, str, str]
+"""What a decision is about: (kind, source, destination), e.g. ("reset", "a", "b")."""
+
+
+def _name(decision: Decision, at: int | None) -> str:
+    """The fault's name (see ``_fault_plan``): ``kind/src->dst``, ``@offset`` if any."""
+    kind, src, dst = decision
+    return f"{kind}/{src}->{dst}" if at is None else f"{kind}/{src}->{dst}@{at}"
 
 
 def _where(at: int | None) -> str:
@@ -201,9 +207,11 @@ class FaultInjector:
         self.seed = seed
         self.counts: dict[str, int] = {}
         self._admit = admit or _always
-        self._streams: dict[str, random.Random] = {}
-        self._keys: dict[str, int] = {}
-        self._last: dict[str, tuple[int, int]] = {}  # name -> (offset, decisions there - 1)
+        # Per decision: its stream (decisions without a position, and latency), the
+        # hash key of positioned ones, and the last offset decided at (with a count).
+        self._streams: dict[Decision, random.Random] = {}
+        self._keys: dict[Decision, int] = {}
+        self._last: dict[Decision, tuple[int, int]] = {}
         self._pair_latency: dict[tuple[str, str], float] = {}
         self.partitions = PartitionTimeline(
             random.Random(f"moonpool/{seed}/partitions"),
@@ -213,10 +221,11 @@ class FaultInjector:
             admit=self._admit_partition,
         )
 
-    def _stream(self, name: str) -> random.Random:
-        stream = self._streams.get(name)
+    def _stream(self, decision: Decision) -> random.Random:
+        stream = self._streams.get(decision)
         if stream is None:
-            stream = self._streams[name] = random.Random(f"moonpool/{self.seed}/network/{name}")
+            seed = f"moonpool/{self.seed}/network/{_name(decision, None)}"
+            stream = self._streams[decision] = random.Random(seed)
         return stream
 
     def _admit_partition(self, partition: Partition, ordinal: int) -> bool:
@@ -240,22 +249,27 @@ class FaultInjector:
         self.partitions.stop()
 
     def _chance(
-        self, name: str, probability: float, at: int | None
+        self, decision: Decision, probability: float, at: int | None
     ) -> random.Random | _Dice | None:
-        """Dice for the details of decision ``name`` (at byte ``at``) if it is a fault."""
+        """Dice for the details of ``decision`` (at byte ``at``) if it is a fault.
+
+        Keyed by tuples: the decision's name is formatted only when it comes up
+        "fault", not on every write.
+        """
         if probability <= 0 or not self.active:
             return None
         if at is None:
-            stream = self._stream(name)
+            stream = self._stream(decision)
             return stream if stream.random() < probability else None
-        key = self._keys.get(name)
+        key = self._keys.get(decision)
         if key is None:
-            key = self._keys[name] = _stable_key(f"moonpool/{self.seed}/network/{name}")
+            seed = f"moonpool/{self.seed}/network/{_name(decision, None)}"
+            key = self._keys[decision] = _stable_key(seed)
         # A second decision at the same byte (the write a reset refused, resent on a
         # new connection) gets dice of its own, or one reset would repeat forever.
-        last = self._last.get(name)
+        last = self._last.get(decision)
         again = last[1] + 1 if last is not None and last[0] == at else 0
-        self._last[name] = (at, again)
+        self._last[decision] = (at, again)
         value = _mix64(key ^ at ^ (again << 48))
         if value >= probability * _TWO_64:
             return None
@@ -264,19 +278,20 @@ class FaultInjector:
     # -- connect ------------------------------------------------------------------
 
     def connect_fails(self, src: str, address: str) -> bool:
-        name = f"connect_failure/{src}->{address}"
-        if self._chance(name, self.chaos.connect_failure, None) is None:
+        decision = ("connect_failure", src, address)
+        if self._chance(decision, self.chaos.connect_failure, None) is None:
             return False
-        return self.record("connect_failure", name, f"connect refused {src}->{address}", src)
+        text = f"connect refused {src}->{address}"
+        return self.record("connect_failure", _name(decision, None), text, src)
 
     def connect_delay(self, src: str, address: str) -> float:
-        name = f"connect_delay/{src}->{address}"
-        stream = self._chance(name, self.chaos.connect_delay, None)
+        decision = ("connect_delay", src, address)
+        stream = self._chance(decision, self.chaos.connect_delay, None)
         if stream is None:
             return 0.0
         delay = stream.uniform(*self.chaos.connect_delay_range)
         text = f"connect delayed {delay:.3f}s {src}->{address}"
-        return delay if self.record("connect_delay", name, text, src) else 0.0
+        return delay if self.record("connect_delay", _name(decision, None), text, src) else 0.0
 
     # -- data path ----------------------------------------------------------------
 
@@ -284,7 +299,7 @@ class FaultInjector:
         config = self.chaos.latency
         if config is None:
             return 0.0
-        rng = self._stream(f"latency/{src}->{dst}")
+        rng = self._stream(("latency", src, dst))
         # A fixed latency is exact ("always uses low"): no per-pair base, no jitter.
         if config.per_pair and config.distribution != "fixed":
             base = self._pair_latency.get((src, dst))
@@ -300,10 +315,11 @@ class FaultInjector:
 
     def resets(self, src: str, dst: str, at: int | None = None) -> bool:
         """Whether the write starting at byte ``at`` of ``src -> dst`` is reset."""
-        name = f"reset/{src}->{dst}"
-        if self._chance(name, self.chaos.reset, at) is None:
+        decision = ("reset", src, dst)
+        if self._chance(decision, self.chaos.reset, at) is None:
             return False
-        return self.record("reset", _at(name, at), f"reset {src}->{dst}{_where(at)}", src)
+        text = f"reset {src}->{dst}{_where(at)}"
+        return self.record("reset", _name(decision, at), text, src)
 
     def split_points(
         self, size: int, src: str = "", dst: str = "", at: int | None = None
@@ -311,14 +327,14 @@ class FaultInjector:
         """Where to cut one write into several deliveries (empty: deliver whole)."""
         if size < 2:
             return []
-        name = f"partial_io/write/{src}->{dst}"
-        stream = self._chance(name, self.chaos.partial_io, at)
+        decision = ("partial_io/write", src, dst)
+        stream = self._chance(decision, self.chaos.partial_io, at)
         if stream is None:
             return []
         pieces = stream.randint(2, min(4, size))
         points = sorted(stream.sample(range(1, size), pieces - 1))
         text = f"write of {size} bytes split in {pieces} {src}->{dst}{_where(at)}"
-        return points if self.record("partial_io", _at(name, at), text, src) else []
+        return points if self.record("partial_io", _name(decision, at), text, src) else []
 
     def short_read(
         self, available: int, src: str = "", dst: str = "", at: int | None = None
@@ -326,35 +342,35 @@ class FaultInjector:
         """How many of ``available`` bytes one receive returns (``dst`` receives)."""
         if available < 2:
             return available
-        name = f"partial_io/read/{src}->{dst}"
-        stream = self._chance(name, self.chaos.partial_io, at)
+        decision = ("partial_io/read", src, dst)
+        stream = self._chance(decision, self.chaos.partial_io, at)
         if stream is None:
             return available
         keep = stream.randint(1, available - 1)
         text = f"short read of {keep} of {available} bytes {src}->{dst}{_where(at)}"
-        return keep if self.record("partial_io", _at(name, at), text, dst) else available
+        return keep if self.record("partial_io", _name(decision, at), text, dst) else available
 
     def clog_duration(self, src: str, dst: str, at: int | None = None) -> float:
-        name = f"clog/{src}->{dst}"
-        stream = self._chance(name, self.chaos.clog, at)
+        decision = ("clog", src, dst)
+        stream = self._chance(decision, self.chaos.clog, at)
         if stream is None:
             return 0.0
         duration = stream.uniform(*self.chaos.clog_duration)
         text = f"clog {src}->{dst} for {duration:.3f}s{_where(at)}"
-        return duration if self.record("clog", _at(name, at), text, src) else 0.0
+        return duration if self.record("clog", _name(decision, at), text, src) else 0.0
 
     def maybe_flip_bit(
         self, data: bytes, src: str = "", dst: str = "", at: int | None = None
     ) -> bytes:
         if not data:
             return data
-        name = f"bit_flip/{src}->{dst}"
-        stream = self._chance(name, self.chaos.bit_flip, at)
+        decision = ("bit_flip", src, dst)
+        stream = self._chance(decision, self.chaos.bit_flip, at)
         if stream is None:
             return data
         position = stream.randrange(len(data) * 8)
         text = f"bit {position} flipped {src}->{dst}{_where(at)}"
-        if not self.record("bit_flip", _at(name, at), text, src):
+        if not self.record("bit_flip", _name(decision, at), text, src):
             return data
         corrupted = bytearray(data)
         corrupted[position // 8] ^= 1 << (position % 8)

@@ -276,25 +276,29 @@ class SimStream(anyio.abc.ByteStream):
         room = self._world.buffer_size - self._out.in_flight
         if room <= 0:
             return 0  # decides nothing: a full buffer is retried at the same byte
-        if self._draw_reset():
+        offset = self._written()
+        if self._draw_reset(offset):
             return 0
-        points = self._split_points(len(data))
+        points = self._split_points(len(data), offset)
         size = min(points[0] if points else len(data), room)
         self._enqueue(bytes(data[:size]))
         return size
 
-    def _draw_reset(self) -> bool:
+    def _written(self) -> int:
+        """Bytes written so far from this host to the other: where this write starts."""
+        return self._world.written.get((self._local.host, self._remote.host), 0)
+
+    def _draw_reset(self, offset: int) -> bool:
         """Whether the fault injector resets the connection at this write (it then is)."""
-        src, dst = self._local.host, self._remote.host
-        if self._world.faults.resets(src, dst, self._world.written.get((src, dst), 0)):
+        if self._world.faults.resets(self._local.host, self._remote.host, offset):
             self._connection.reset()
             return True
         return False
 
-    def _split_points(self, size: int) -> list[int]:
-        """Where a write of ``size`` bytes is cut into separately delivered pieces."""
+    def _split_points(self, size: int, offset: int) -> list[int]:
+        """Where a write of ``size`` bytes, at ``offset``, is cut into separate pieces
+        (the buggify line's offset in this function names its site: keep it)."""
         src, dst = self._local.host, self._remote.host
-        offset = self._world.written.get((src, dst), 0)
         halve = size > 1 and buggify()  # asked on every write (see _take_ready)
         points = self._world.faults.split_points(size, src, dst, offset)
         if not points and halve:
@@ -310,9 +314,10 @@ class SimStream(anyio.abc.ByteStream):
     async def _send(self, data: bytes) -> None:
         self._check_sendable()
         world, direction = self._world, self._out
-        if self._draw_reset():
+        offset = self._written()
+        if self._draw_reset(offset):
             raise anyio.BrokenResourceError(f"connection {self} was reset (simulated)")
-        points = self._split_points(len(data))
+        points = self._split_points(len(data), offset)
         pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
         capacity = world.buffer_size
         for piece in pieces:

@@ -80,9 +80,7 @@ def reachable(message: str, **details: object) -> None:
 def _first_time(description: str, details: dict[str, object]) -> None:
     run = current_run()
     assert run is not None
-    if details:
-        description += " with " + ", ".join(f"{k}={_REPR.repr(v)}" for k, v in details.items())
-    run.note("assertion", description)
+    run.note("assertion", _with(description, _shown(details)))
 
 
 def unreachable(message: str, **details: object) -> None:
@@ -102,10 +100,20 @@ def _violate(description: str, details: dict[str, object]) -> None:
     run.assertion_failures.append(description)
     # The site, not its values: the trace hash must not depend on a value's repr.
     run.trace_text(f"violation:{description}")
-    shown = {name: _REPR.repr(value) for name, value in details.items()}
+    shown = _shown(details)
     if shown and not run.violation_details:
         run.violation_details = shown
-    if shown:
-        description += " with " + ", ".join(f"{name}={text}" for name, text in shown.items())
+    description = _with(description, shown)
     run.note("assertion", description)
     raise AssertionViolation(description)
+
+
+def _shown(details: dict[str, object]) -> dict[str, str]:
+    return {name: _REPR.repr(value) for name, value in details.items()}
+
+
+def _with(description: str, shown: dict[str, str]) -> str:
+    """``description`` followed by ``with name=value, ...`` when there are values."""
+    if not shown:
+        return description
+    return description + " with " + ", ".join(f"{name}={text}" for name, text in shown.items())

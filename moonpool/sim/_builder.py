@@ -380,11 +380,15 @@ class SimulationBuilder:
         parts += [_qualified(spec.factory or spec.fn) for spec in self._workloads]
         return " ".join(parts) or "simulation"
 
+    def _plan_text(self) -> str:
+        assert self._fault_plan is not None
+        return format_fault_plan(sorted(self._fault_plan))
+
     def _replay_hint(self, seed: int) -> str:
         """How to replay ``seed`` as this run ran it (with its fault plan, if any)."""
         if self._fault_plan is None:
             return self._replay(seed)
-        return self._plan_replay(seed, format_fault_plan(sorted(self._fault_plan)))
+        return self._plan_replay(seed, self._plan_text())
 
     def _failure_database(self) -> FailureDatabase | None:
         setting = os.environ.get(ENV_DATABASE)
@@ -536,7 +540,7 @@ class SimulationBuilder:
         observed_totals: dict[str, int] = {}
         kills = {spec.name: 0 for spec in self._processes}
         control = self._control
-        stopped: list[str] = []
+        stopped = ""  # why the run stopped (read by report() when it is called)
         # Chosen here so that the report can name it: the same base reruns the batch.
         base = self._base_seed
         if base is None:
@@ -548,9 +552,10 @@ class SimulationBuilder:
             saved = database.seeds(key)  # not for a batch asked for by its base seed
         known_failing = set(saved)
         nondeterministic: dict[str, None] = {}
-        shrunk: list[ShrunkPlan] = []
-        shrink_notes: list[str] = []
+        shrunk: ShrunkPlan | None = None
+        shrink_note = ""
         planned: set[str] = set()  # the fault plan's entries that came up
+        plan_text = None if self._fault_plan is None else self._plan_text()
 
         def report(*, interrupted: bool = False) -> SimulationReport:
             return SimulationReport(
@@ -568,17 +573,15 @@ class SimulationBuilder:
                 interrupted=interrupted,
                 kills=dict(kills) if self._attrition is not None and kills else None,
                 observed_totals=dict(sorted(observed_totals.items())),
-                stopped_because="interrupted (Ctrl-C)" if interrupted else "".join(stopped[:1]),
+                stopped_because="interrupted (Ctrl-C)" if interrupted else stopped,
                 base_seed=None if self._seeds is not None else base,
                 database_seeds=tuple(saved[: len(runs)]),
                 database=None if database is None else str(database.path_for(key)),
                 nondeterministic=tuple(nondeterministic),
-                shrunk=shrunk[0] if shrunk else None,
-                shrink_note=next((note for note in shrink_notes if note), ""),
+                shrunk=shrunk,
+                shrink_note=shrink_note,
                 fault_plan_unused=tuple(sorted((self._fault_plan or frozenset()) - planned)),
-                fault_plan=None
-                if self._fault_plan is None
-                else format_fault_plan(sorted(self._fault_plan)),
+                fault_plan=plan_text,
             )
 
         with ctrl_c_handled() as ctrl_c:
@@ -618,41 +621,45 @@ class SimulationBuilder:
                 if ctrl_c.stop_requested:
                     raise SimulationInterrupted(report(interrupted=True))
                 if self._fail_fast and result.failure is not None:
-                    stopped.append(f"fail-fast: seed {seed} failed")
+                    stopped = f"fail-fast: seed {seed} failed"
                     break
                 if self._seeds is not None:
                     continue
-                if _should_stop(control, len(runs), started, assertions):
-                    stopped.append(_why_stopped(control, len(runs), assertions))
+                reason = _stop_reason(control, len(runs), started, assertions)
+                if reason is not None:
+                    stopped = reason
                     break
             else:
-                stopped.append(f"ran the {len(runs)} seed(s) given")
+                stopped = f"ran the {len(runs)} seed(s) given"
             if self._shrink_limit is not None:
-                shrink_notes.append(self._shrink_first(failures, ctrl_c, shrunk))
+                shrunk, shrink_note = self._shrink_first(failures, ctrl_c)
                 if ctrl_c.stop_requested:
                     raise SimulationInterrupted(report(interrupted=True))
         return report()
 
     def _shrink_first(
-        self, failures: list[FailureRecord], ctrl_c: CtrlC, into: list[ShrunkPlan]
-    ) -> str:
-        """Shrink the first failure that can be (into ``into``); say what happened."""
+        self, failures: list[FailureRecord], ctrl_c: CtrlC
+    ) -> tuple[ShrunkPlan | None, str]:
+        """Shrink the first failure that can be; the plan, and a note on what happened."""
         candidates = [f for f in failures if f.kind != "nondeterminism"]
         if not candidates:
             if failures:
-                return "nothing to shrink: the seeds failed by not being deterministic"
-            return "nothing to shrink: no seed failed"
+                return None, "nothing to shrink: the seeds failed by not being deterministic"
+            return None, "nothing to shrink: no seed failed"
         seed = candidates[0].seed
         assert self._shrink_limit is not None
         try:
-            into.append(self._shrink(seed, self._shrink_limit, ctrl_c))
+            plan = self._shrink(seed, self._shrink_limit, ctrl_c)
         except ShrinkError as exc:
-            return f"cannot shrink seed {seed}: {exc}"
+            return None, f"cannot shrink seed {seed}: {exc}"
         except KeyboardInterrupt:  # Ctrl-C during the first replay: nothing found yet
-            return f"shrinking seed {seed} was interrupted (Ctrl-C) before it found anything"
+            return None, f"shrinking seed {seed} was interrupted (Ctrl-C) before it found anything"
         if ctrl_c.stop_requested:
-            return f"shrinking seed {seed} was interrupted (Ctrl-C): the plan may not be minimal"
-        return ""
+            return (
+                plan,
+                f"shrinking seed {seed} was interrupted (Ctrl-C): the plan may not be minimal",
+            )
+        return plan, ""
 
     def _compare_with_rerun(
         self, first: IterationResult, config: IterationConfig, ctrl_c: CtrlC
@@ -777,30 +784,22 @@ def _merge(
         fault_totals[family] = fault_totals.get(family, 0) + count
 
 
-def _why_stopped(
-    control: IterationControl, done: int, assertions: dict[tuple[str, str], AssertionRecord]
-) -> str:
-    if isinstance(control, FixedCount):
-        return f"ran {done} seed(s) (FixedCount)"
-    if isinstance(control, TimeLimit):
-        return f"time limit of {control.seconds:g}s reached after {done} seed(s)"
-    liveness = [r for r in assertions.values() if r.kind in ("sometimes", "reachable")]
-    if liveness and all(r.true_count > 0 for r in liveness):
-        return f"all {len(liveness)} sometimes/reachable sites reached after {done} seed(s)"
-    return f"the limit of {done} seed(s) reached (UntilAllSometimesReached)"
-
-
-def _should_stop(
+def _stop_reason(
     control: IterationControl,
     done: int,
     started: float,
     assertions: dict[tuple[str, str], AssertionRecord],
-) -> bool:
+) -> str | None:
+    """Why the run stops after ``done`` seeds, or None while it goes on."""
     if isinstance(control, FixedCount):
-        return done >= control.count
+        return f"ran {done} seed(s) (FixedCount)" if done >= control.count else None
     if isinstance(control, TimeLimit):
-        return time.perf_counter() - started >= control.seconds
-    if done >= control.limit:
-        return True
+        if time.perf_counter() - started < control.seconds:
+            return None
+        return f"time limit of {control.seconds:g}s reached after {done} seed(s)"
     liveness = [r for r in assertions.values() if r.kind in ("sometimes", "reachable")]
-    return bool(liveness) and all(r.true_count > 0 for r in liveness)
+    if liveness and all(r.true_count > 0 for r in liveness):
+        return f"all {len(liveness)} sometimes/reachable sites reached after {done} seed(s)"
+    if done >= control.limit:
+        return f"the limit of {done} seed(s) reached (UntilAllSometimesReached)"
+    return None

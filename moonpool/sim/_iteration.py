@@ -196,13 +196,11 @@ class _Lifecycle:
                 workloads.append((spec, instance, ctx))
             processes.boot_all(nursery)
 
-            supervisor.phase = "setup"
-            run.note("phase", "setup", "")
+            self._enter("setup")
             for spec, instance, ctx in workloads:
                 await self._phase(spec, instance, ctx, "setup")
 
-            supervisor.phase = "run"
-            run.note("phase", "run", "")
+            self._enter("run")
             processes.start_attrition(config.attrition)
             async with trio.open_nursery() as running:
                 for spec, instance, ctx in workloads:
@@ -215,27 +213,28 @@ class _Lifecycle:
                 network.stop_chaos()
             run.trace_text("chaos stopped")
 
-            supervisor.phase = "settle"
-            run.note("phase", "settle", "")
+            self._enter("settle")
             await trio.sleep(config.settle_time)
             # A reboot still in its grace period ends within it; checks see every
             # process up (or the grace expiry kills and reboots it).
             with trio.move_on_after(config.shutdown_grace + 1.0):
                 await processes.wait_all_up()
 
-            supervisor.phase = "check"
-            run.note("phase", "check", "")
+            self._enter("check")
             for spec, instance, ctx in workloads:
                 await self._phase(spec, instance, ctx, "check")
 
-            supervisor.phase = "shutdown"
-            run.note("phase", "shutdown", "")
+            self._enter("shutdown")
             workload_shutdown.set()
             processes.shut_down_all()
             supervisor.grace_deadline = trio.current_time() + config.shutdown_grace
             while processes.live:  # every incarnation, killed ones still unwinding too
                 await processes.live[0].done.wait()
             nursery.cancel_scope.cancel()  # the agenda task
+
+    def _enter(self, phase: str) -> None:
+        self.supervisor.phase = phase
+        self.run.note("phase", phase, "")
 
     async def _phase(
         self, spec: WorkloadSpec, instance: object, ctx: WorkloadContext, phase: Phase
@@ -340,22 +339,18 @@ def run_iteration(
     if supervisor.interrupted:
         raise KeyboardInterrupt(f"Ctrl-C cancelled seed {seed}")
     wall = time.perf_counter() - started
-    if supervisor.failure is None and config.strict_determinism and calls:
-        # Strict: a nondeterministic call fails the seed even if the program caught
-        # the NondeterminismError (an ``except Exception`` around it, say).
-        call = next(iter(calls.values()))
-        message = f"strict determinism: {call.describe()}"
-        supervisor.failure = ("nondeterminism", message, message)
-        run.timeline.ended = False
-        run.timeline.add("failure", f"[nondeterminism] {message}", "", clock.current_time())
-    if supervisor.failure is None and run.assertion_failures:
-        # A violation the program caught (an ``except Exception`` around an always):
-        # the seed fails all the same, and its timeline ends with that failure.
-        supervisor.failure = ("assertion", run.assertion_failures[0], run.assertion_failures[0])
-        run.timeline.ended = False
-        run.timeline.add(
-            "failure", f"[assertion] {run.assertion_failures[0]}", "", clock.current_time()
-        )
+    # Failures the program swallowed (an ``except Exception`` around the call) fail
+    # the seed all the same: in strict mode a nondeterministic call, and always a
+    # violated assertion.  No failure was noted, so the timeline is still open.
+    late: tuple[str, str] | None = None
+    if config.strict_determinism and calls:
+        late = ("nondeterminism", f"strict determinism: {next(iter(calls.values())).describe()}")
+    elif run.assertion_failures:
+        late = ("assertion", run.assertion_failures[0])
+    if supervisor.failure is None and late is not None:
+        kind, message = late
+        supervisor.failure = (kind, message, message)
+        run.timeline.add("failure", f"[{kind}] {message}", "", clock.current_time())
     sim_time = clock.current_time()
     processes = lifecycle.processes
     record = RunRecord(
@@ -386,7 +381,7 @@ def run_iteration(
             sim_time=supervisor.failure_time or sim_time,
             replay=replay_hint(seed),
             details=dict(run.violation_details) if kind == "assertion" else {},
-            timeline_tail=run.timeline.tail(),
+            timeline_tail=tail,
         )
     kills = (
         {name: host.kills for name, host in processes.hosts.items()}

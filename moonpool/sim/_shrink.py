@@ -172,7 +172,10 @@ def shrink_faults(
 
 
 def _ddmin(current: list[str], search: _Search) -> list[str]:
-    """Zeller's ddmin: the smallest failing subset reachable by removing chunks."""
+    """Zeller's ddmin: the smallest failing subset reachable by removing chunks.
+
+    Called once the empty plan is known to pass, so one fault is the floor.
+    """
     chunks = 2
     while len(current) >= 2 and not search.stopped:
         size = -(-len(current) // chunks)  # ceiling division
@@ -193,6 +196,4 @@ def _ddmin(current: list[str], search: _Search) -> list[str]:
             if chunks >= len(current):
                 break  # every single fault is needed: one-minimal
             chunks = min(chunks * 2, len(current))
-    if len(current) == 1 and search.fails([]):
-        return []
     return current

@@ -81,7 +81,7 @@ class ServerGroup:
                 raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
         self._hedge_after = hedge_after
         self._client = client
-        self._addresses: list[str] = []
+        # The members, in the order added, and each one's requests in flight.
         self._outstanding: dict[str, int] = {}
         self._next_probe: dict[str, float] = {}
         for address in addresses:
@@ -98,11 +98,11 @@ class ServerGroup:
         self.hedges = 0
 
     def __repr__(self) -> str:
-        return f"<ServerGroup {self._balancer.strategy} over {', '.join(self._addresses)}>"
+        return f"<ServerGroup {self._balancer.strategy} over {', '.join(self._outstanding)}>"
 
     @property
     def addresses(self) -> tuple[str, ...]:
-        return tuple(self._addresses)
+        return tuple(self._outstanding)
 
     @property
     def strategy(self) -> Strategy:
@@ -118,14 +118,12 @@ class ServerGroup:
             raise ValueError(f"a server address is a non-empty string, got {address!r}")
         if address in self._outstanding:
             raise ValueError(f"{address} is already in the group")
-        self._addresses.append(address)
         self._outstanding[address] = 0
 
     def remove(self, address: str) -> None:
         """Remove a server; attempts already sent to it finish, no new one goes there."""
         if address not in self._outstanding:
-            raise ValueError(f"{address} is not in the group ({', '.join(self._addresses)})")
-        self._addresses.remove(address)
+            raise ValueError(f"{address} is not in the group ({', '.join(self._outstanding)})")
         del self._outstanding[address]
         self._next_probe.pop(address, None)
 
@@ -138,7 +136,7 @@ class ServerGroup:
         also sent to another server; the first reply wins and the other attempt
         is cancelled (both servers may execute it: at least once).
         """
-        if self._hedge_after is None or len(self._addresses) < 2:
+        if self._hedge_after is None or len(self._outstanding) < 2:
             return await self._call(payload, timeout, at_most_once=False)
         return await self._hedged(payload, timeout, self._hedge_after)
 
@@ -179,7 +177,7 @@ class ServerGroup:
         """Send ``payload`` one way to one server (see ``ClientTransport.send``)."""
         server = self._pick(set())
         if server is None:
-            raise self._none_available("send", anyio.current_time(), "")
+            raise self._none_available("send", "")
         self._client.send(server, payload)
 
     def _pick(self, tried: set[str]) -> str | None:
@@ -193,33 +191,34 @@ class ServerGroup:
         monitor = self._client.failure_monitor
         now = anyio.current_time()
         probes = self._next_probe
+        members = tuple(self._outstanding)
         failed = set()
-        for address in self._addresses:
+        for address in members:
             if monitor.is_failed(address):
                 if probes.setdefault(address, now + PROBE_INTERVAL) > now:
                     failed.add(address)
             else:
                 probes.pop(address, None)
-        chosen = self._balancer.choose(self._addresses, self._outstanding, exclude=tried | failed)
+        chosen = self._balancer.choose(members, self._outstanding, exclude=tried | failed)
         if chosen is None:  # only failed ones left: try one (it may be back)
-            chosen = self._balancer.choose(self._addresses, self._outstanding, exclude=tried)
+            chosen = self._balancer.choose(members, self._outstanding, exclude=tried)
         if chosen is not None and chosen in probes:
             probes[chosen] = now + PROBE_INTERVAL  # one probe at a time
         return chosen
 
     def _all_failed_long_enough(self, now: float) -> bool:
         monitor = self._client.failure_monitor
-        for address in self._addresses:
+        for address in self._outstanding:
             since = monitor.failed_since(address)
             if since is None or now - since < self._failed_for:
                 return False
         return True
 
-    def _none_available(self, what: str, now: float, last: str) -> NoServerAvailable:
-        if not self._addresses:
+    def _none_available(self, what: str, last: str) -> NoServerAvailable:
+        if not self._outstanding:
             return NoServerAvailable(f"cannot {what}: the server group is empty")
         return NoServerAvailable(
-            f"cannot {what}: every server of the group ({', '.join(self._addresses)}) has "
+            f"cannot {what}: every server of the group ({', '.join(self._outstanding)}) has "
             f"been failed for {self._failed_for:g}s or more (failed_for){last}"
         )
 
@@ -242,9 +241,9 @@ class ServerGroup:
         last = ""
         while True:
             now = anyio.current_time()
-            if not self._addresses or self._all_failed_long_enough(now):
+            if not self._outstanding or self._all_failed_long_enough(now):
                 await anyio.lowlevel.checkpoint()
-                raise self._none_available("call", now, last)
+                raise self._none_available("call", last)
             left = deadline - now
             if left <= 0:
                 raise TransportTimeout(

@@ -243,16 +243,20 @@ async def group_client(ctx: WorkloadContext) -> None:
             await anyio.sleep(ctx.random.uniform(0, 0.3))
 
 
-def test_every_call_is_answered_while_servers_crash_and_reboot() -> None:
-    report = (
+def _under_attrition(process: Any, workload: Any, seeds: int) -> SimulationBuilder:
+    """Three replicas crashed and rebooted one at a time, two clients; chaos, buggify."""
+    return (
         SimulationBuilder()
         .enable_buggify()
         .set_attrition(Attrition(max_dead=1, interval=1.0))
-        .register_process("r", replica, count=SERVER_COUNT)
-        .register_workload("client", group_client, count=2)
-        .set_iteration_control(FixedCount(20))
-        .run()
+        .register_process("r", process, count=SERVER_COUNT)
+        .register_workload("client", workload, count=2)
+        .set_iteration_control(FixedCount(seeds))
     )
+
+
+def test_every_call_is_answered_while_servers_crash_and_reboot() -> None:
+    report = _under_attrition(replica, group_client, 20).run()
     report.assert_success()
     assert report.kills is not None and sum(report.kills.values()) > 0
 
@@ -329,13 +333,4 @@ class AtMostOnceCheck:
 
 
 def test_try_get_reply_stays_at_most_once_while_members_and_servers_come_and_go() -> None:
-    report = (
-        SimulationBuilder()
-        .enable_buggify()
-        .set_attrition(Attrition(max_dead=1, interval=1.0))
-        .register_process("r", counting_replica, count=SERVER_COUNT)
-        .register_workload("client", AtMostOnceCheck, count=2)
-        .set_iteration_control(FixedCount(30))
-        .run()
-    )
-    report.assert_success()
+    _under_attrition(counting_replica, AtMostOnceCheck, 30).run().assert_success()
