@@ -38,7 +38,18 @@ __all__ = [
 TAIL = 40
 
 #: The kinds of event, for filters (``--timeline-kind``).
-KINDS = ("phase", "fault", "net", "rpc", "process", "assertion", "failure", "log", "determinism")
+KINDS = (
+    "phase",
+    "fault",
+    "net",
+    "rpc",
+    "process",
+    "storage",
+    "assertion",
+    "failure",
+    "log",
+    "determinism",
+)
 
 
 @final

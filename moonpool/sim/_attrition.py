@@ -32,19 +32,23 @@ class Attrition(msgspec.Struct, frozen=True, kw_only=True):
     """How processes are killed during the run phase (see ``set_attrition``).
 
     ``interval`` is the mean simulated time between kills (a Poisson process, at
-    least a millisecond); ``crash`` and ``reboot`` are the relative weights of
-    the two kinds (0 turns one off); attrition never kills a process while
-    ``max_dead`` are down (processes a workload killed count too); ``recovery``
-    is the (low, high) range of the delay before a killed process boots again.
-    In swarm mode (``ChaosConfig(swarm=True)``) each seed draws its own variant:
-    a subset of the kinds, a ``max_dead`` between 1 and this one, and an
-    interval between half and twice this one.
+    least a millisecond); ``crash``, ``reboot`` and ``wipe`` are the relative
+    weights of the kinds (0 turns one off; ``wipe``, a crash that also empties
+    the process's disk, is off unless asked for: a wiped server has lost its
+    data, and only a test whose model allows that should see it); attrition
+    never kills a process while ``max_dead`` are down (processes a workload
+    killed count too); ``recovery`` is the (low, high) range of the delay
+    before a killed process boots again.  In swarm mode
+    (``ChaosConfig(swarm=True)``) each seed draws its own variant: a subset of
+    the kinds, a ``max_dead`` between 1 and this one, and an interval between
+    half and twice this one.
     """
 
     max_dead: int = 1
     interval: float = 3.0
     crash: float = 1.0
     reboot: float = 1.0
+    wipe: float = 0.0
     recovery: tuple[float, float] = (0.5, 3.0)
 
     def __post_init__(self) -> None:
@@ -66,7 +70,7 @@ class Attrition(msgspec.Struct, frozen=True, kw_only=True):
             if isinstance(weight, bool) or not 0 <= weight < math.inf:
                 raise ValueError(f"Attrition.{kind} is a weight >= 0, got {weight!r}")
         if not any(getattr(self, kind) > 0 for kind in KILL_KINDS):
-            raise ValueError("Attrition needs a kind with a weight > 0 (crash= or reboot=)")
+            raise ValueError("Attrition needs a kind with a weight > 0 (crash=, reboot= or wipe=)")
         recovery = self.recovery
         if not (isinstance(recovery, tuple) and len(recovery) == 2):
             raise ValueError(

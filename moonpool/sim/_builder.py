@@ -42,6 +42,7 @@ from moonpool.sim._report import (
 from moonpool.sim._shrink import ShrinkError, ShrunkPlan, shrink_faults
 from moonpool.sim._timeline_diff import first_divergence
 from moonpool.sim._workload import Process, ProcessSpec, Workload, WorkloadFunction, WorkloadSpec
+from moonpool.storage._chaos import StorageChaosConfig
 
 __all__ = [
     "FixedCount",
@@ -146,6 +147,7 @@ class SimulationBuilder:
         self._base_seed: int | None = None
         self._buggify = False
         self._chaos = ChaosConfig.default()
+        self._storage_chaos = StorageChaosConfig.default()
         self._shutdown_grace = 60.0
         self._sim_time_budget = 3600.0
         self._wall_time_budget = 60.0
@@ -260,6 +262,14 @@ class SimulationBuilder:
         if not isinstance(chaos, ChaosConfig):
             raise TypeError(f"expected a ChaosConfig, got {chaos!r}")
         self._chaos = chaos
+        return self
+
+    def set_storage_chaos(self, chaos: StorageChaosConfig) -> Self:
+        """The processes' disks' faults while the run is on (default
+        ``StorageChaosConfig.default()``; crashes lose unsynced writes whatever it says)."""
+        if not isinstance(chaos, StorageChaosConfig):
+            raise TypeError(f"expected a StorageChaosConfig, got {chaos!r}")
+        self._storage_chaos = chaos
         return self
 
     def set_shutdown_grace(self, seconds: float) -> Self:
@@ -567,7 +577,7 @@ class SimulationBuilder:
                 ],
                 fault_totals=dict(sorted(fault_totals.items())),
                 wall_time=time.perf_counter() - started,
-                chaos=_chaos_summary(self._chaos),
+                chaos=_chaos_summary(self._chaos, self._storage_chaos),
                 buggify=self._buggify,
                 coverage_required=self._seeds is None,
                 interrupted=interrupted,
@@ -718,6 +728,7 @@ class SimulationBuilder:
             record_timeline=self._record_timeline,
             fault_plan=self._fault_plan,
             strict_determinism=self._strict_determinism,
+            storage_chaos=self._storage_chaos,
         )
 
 
@@ -763,8 +774,9 @@ def _positive_seconds(what: str, seconds: float) -> float:
     return seconds
 
 
-def _chaos_summary(chaos: ChaosConfig) -> dict[str, object]:
+def _chaos_summary(chaos: ChaosConfig, storage: StorageChaosConfig) -> dict[str, object]:
     summary: dict[str, object] = msgspec.to_builtins(chaos)
+    summary["storage"] = msgspec.to_builtins(storage)
     return summary
 
 

@@ -14,17 +14,22 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, final
 
 import anyio
 
+from moonpool.storage._provider import StorageProvider
+from moonpool.storage._unavailable import NO_STORAGE
+
 if TYPE_CHECKING:
     from moonpool.net import NetworkProvider
 
 __all__ = ["KillKind", "ProcessContext", "ProcessControl", "WorkloadContext"]
 
-KillKind = Literal["crash", "reboot"]
+KillKind = Literal["crash", "reboot", "wipe"]
 """How a process dies: ``"crash"`` at once (its connections reset, nothing it does
-afterwards reaches the network), ``"reboot"`` gracefully (``shutdown`` is set,
-then it is killed if still running after the grace period)."""
+afterwards reaches the network or its disk, and its unsynced writes may be lost
+or torn), ``"reboot"`` gracefully (``shutdown`` is set, then it is killed if still
+running after the grace period; its disk loses nothing), ``"wipe"`` like a crash
+that also empties its disk (the machine was replaced)."""
 
-KILL_KINDS: tuple[KillKind, ...] = ("crash", "reboot")
+KILL_KINDS: tuple[KillKind, ...] = ("crash", "reboot", "wipe")
 
 
 class ProcessControl(Protocol):
@@ -35,6 +40,8 @@ class ProcessControl(Protocol):
     async def restart(self, name: str) -> bool: ...
 
     def is_running(self, name: str) -> bool: ...
+
+    def kills(self, name: str) -> dict[KillKind, int]: ...
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -65,9 +72,15 @@ class ProcessContext(_Context):
     ``state`` is one mapping per seed shared with every process and workload,
     for checks to compare notes -- not a disk (it survives crashes, and the
     code you ship has no such thing).
+
+    ``storage`` is the process's disk: in simulation a ``SimStorage`` of its
+    own that lives across its reboots (what was synced survives a crash; what
+    was not may be lost or torn; a ``wipe`` empties it), outside one what you
+    pass (a ``RealStorage``).  A context built without one raises on first use.
     """
 
     incarnation: int = 0
+    storage: StorageProvider = field(default=NO_STORAGE, repr=False)
 
 
 @final
@@ -118,6 +131,14 @@ class WorkloadContext(_Context):
     def is_running(self, name: str) -> bool:
         """Whether process ``name`` is up (booted and not being killed)."""
         return self._control("is_running").is_running(name)
+
+    def kills(self, name: str) -> dict[KillKind, int]:
+        """How often process ``name`` was killed so far this seed, per kind.
+
+        A test's model of what may be lost reads it: an acknowledged write on a
+        process never ``wipe``-d since must still be there.
+        """
+        return self._control("kills").kills(name)
 
     def _control(self, what: str) -> ProcessControl:
         if self._processes is None:

@@ -45,6 +45,7 @@ from moonpool.sim._workload import Phase, ProcessSpec, WorkloadSpec, phase_metho
 
 if TYPE_CHECKING:
     from moonpool.net import ChaosConfig, NetworkProvider
+    from moonpool.storage import StorageChaosConfig
 
 __all__ = ["IterationConfig", "IterationResult", "NetworkFactory", "run_iteration"]
 
@@ -74,6 +75,8 @@ class IterationConfig:
     fault_plan: frozenset[str] | None = None
     #: A nondeterministic call from user code fails the seed (else it is reported).
     strict_determinism: bool = False
+    #: The disks' faults while the run is on (None: a perfect disk, crashes aside).
+    storage_chaos: StorageChaosConfig | None = None
 
 
 @final
@@ -153,6 +156,7 @@ class _Lifecycle:
                 agenda=supervisor.agenda,
                 failures=supervisor,
                 grace=config.shutdown_grace,
+                storage_chaos=config.storage_chaos,
             )
             self.processes = processes
             supervisor.still_running = processes.still_running

@@ -10,7 +10,12 @@ life on the network, at the same address.  Killing an incarnation:
   to stop a task), but whatever they send reaches nobody, and whatever they
   raise is ignored: a crashed process has no say.
 * ``reboot``: ``ctx.shutdown`` is set; the process may finish what it is doing
-  and return.  If it has not returned when the grace period ends, it crashes.
+  and return.  If it has not returned when the grace period ends, it is killed
+  like a crash, but its disk loses nothing (a killed process, not a power loss).
+* ``wipe``: a crash that also empties the process's disk.
+
+Each process has one disk (a ``SimStorage`` per incarnation, over the same
+disk): a crash rebuilds it from what was synced, a graceful end loses nothing.
 
 A process returning on its own (shutdown not set) or raising is a failure of
 the seed: a server whose accept loop died would be down forever in production.
@@ -33,6 +38,8 @@ from moonpool.sim._context import KillKind, ProcessContext
 from moonpool.sim._exceptions import describe_exception, split_cancellation, violation_in
 from moonpool.sim._report import ProcessEvent
 from moonpool.sim._workload import ProcessSpec
+from moonpool.storage._chaos import StorageChaosConfig
+from moonpool.storage._sim_storage import SimStorage
 
 __all__ = ["ProcessHost", "Processes", "SimulatedNetwork"]
 
@@ -54,11 +61,12 @@ class Failures(Protocol):
 
 
 class _Incarnation:
-    __slots__ = ("context", "crashed", "done", "down", "network", "scope")
+    __slots__ = ("context", "crashed", "done", "down", "network", "scope", "storage")
 
-    def __init__(self, context: ProcessContext, network: Any) -> None:
+    def __init__(self, context: ProcessContext, network: Any, storage: SimStorage) -> None:
         self.context = context
         self.network = network
+        self.storage = storage
         self.scope = trio.CancelScope()
         self.crashed = False
         self.down = trio.Event()  # set when killed or returned
@@ -80,7 +88,10 @@ class ProcessHost:
         # Seconds from going down to the next boot (None: until asked, or the run ends).
         self.pending_restart: float | None = None
         self.kills = 0
+        self.kinds: dict[KillKind, int] = {}
         self.down_since = 0.0
+        # The disk, across incarnations: the view of the latest boot.
+        self.storage = SimStorage(seed=owner.run.seed, chaos=owner.storage_chaos, host=spec.name)
 
     @property
     def up(self) -> bool:
@@ -91,6 +102,8 @@ class ProcessHost:
         number = self.incarnations
         self.incarnations += 1
         network = owner.network.for_host(self.name)
+        if number:
+            self.storage = self.storage.next_life()
         context = ProcessContext(
             name=self.name,
             address=owner.addresses[self.name],
@@ -101,8 +114,9 @@ class ProcessHost:
             seed=owner.run.seed,
             state=owner.state,
             incarnation=number,
+            storage=self.storage,
         )
-        incarnation = _Incarnation(context, network)
+        incarnation = _Incarnation(context, network, self.storage)
         self.current = incarnation
         self.state = "up"
         owner.live.append(incarnation)
@@ -147,6 +161,7 @@ class ProcessHost:
         finally:
             owner.failures.role_ended(task)
             incarnation.network.end_life(crash=incarnation.crashed)
+            incarnation.storage.end_life(crash=incarnation.crashed)
             incarnation.done.set()
             owner.live.remove(incarnation)
             if self.current is incarnation:
@@ -162,12 +177,13 @@ class ProcessHost:
         self.grace_entry = None
         self._owner.process_down(self)
 
-    def crash(self) -> None:
+    def crash(self, *, wipe: bool = False, power_loss: bool = True) -> None:
         incarnation = self.current
         if incarnation is None:
             return
         incarnation.crashed = True
         incarnation.network.end_life(crash=True)
+        incarnation.storage.end_life(crash=power_loss or wipe, wipe=wipe)
         incarnation.scope.cancel()
         # Down from this instant, even while its finally blocks unwind.
         self._went_down()
@@ -186,7 +202,8 @@ class ProcessHost:
         self.grace_entry = None
         if self.state == "stopping":
             self._owner.record(self, "grace_expired", fault=False)
-            self.crash()
+            # Killed, not a power loss: the operating system keeps its writes.
+            self.crash(power_loss=False)
 
 
 class Processes:
@@ -203,8 +220,10 @@ class Processes:
         agenda: Agenda,
         failures: Failures,
         grace: float,
+        storage_chaos: StorageChaosConfig | None = None,
     ) -> None:
         self.run = run
+        self.storage_chaos = storage_chaos or StorageChaosConfig.none()
         self.network = network
         self.addresses = addresses
         self.state = state
@@ -310,13 +329,14 @@ class Processes:
 
     def _kill(self, host: ProcessHost, kind: KillKind, restart_after: float | None) -> None:
         host.kills += 1
+        host.kinds[kind] = host.kinds.get(kind, 0) + 1
         self.record(host, kind)
         host.restart_entry = None
         host.pending_restart = restart_after
-        if kind == "crash":
-            host.crash()
-        else:
+        if kind == "reboot":
             host.reboot(self.grace)
+        else:
+            host.crash(wipe=kind == "wipe")
 
     def process_down(self, host: ProcessHost) -> None:
         """An incarnation ended (killed, or returned): schedule its next boot."""
@@ -375,14 +395,15 @@ class Processes:
         host = self._host(name)
         await trio.lowlevel.checkpoint()
         incarnation = host.current
-        if incarnation is None or (host.state == "stopping" and kind != "crash"):
+        if incarnation is None or (host.state == "stopping" and kind == "reboot"):
             return False  # down already, or a reboot already under way
-        if host.state == "stopping":  # a crash cuts a graceful reboot short
+        if host.state == "stopping":  # a crash or wipe cuts a graceful reboot short
             host.kills += 1
-            self.record(host, "crash")
+            host.kinds[kind] = host.kinds.get(kind, 0) + 1
+            self.record(host, kind)
             if restart_after is not None:
                 host.pending_restart = restart_after
-            host.crash()
+            host.crash(wipe=kind == "wipe")
             return True
         self._kill(host, kind, restart_after)
         if kind == "reboot":
@@ -401,3 +422,6 @@ class Processes:
 
     def is_running(self, name: str) -> bool:
         return self._host(name).up
+
+    def kills(self, name: str) -> dict[KillKind, int]:
+        return dict(self._host(name).kinds)

@@ -282,6 +282,9 @@ class SimulationReport:
             f"  buggify:    {'on' if self.buggify else 'off'}",
             f"  chaos:      {_describe_chaos(self.chaos)}",
         ]
+        storage = (self.chaos or {}).get("storage")
+        if storage is not None:
+            lines.append(f"  storage:    {_describe_storage_chaos(storage)}")
         if self.fault_totals:
             lines.append("  faults injected:")
             for family, count in sorted(self.fault_totals.items()):
@@ -357,7 +360,7 @@ def _shortened(text: str, limit: int = 400) -> str:
 
 
 def _describe_attrition(totals: Mapping[str, int], kills: Mapping[str, int]) -> str:
-    kinds = ", ".join(f"{kind} {totals[kind]}" for kind in ("crash", "reboot") if totals.get(kind))
+    kinds = ", ".join(f"{k} {totals[k]}" for k in ("crash", "reboot", "wipe") if totals.get(k))
     killed = sum(kills.values())
     text = f"{killed} kills" + (f" ({kinds})" if kinds else "")
     return f"{text}, {totals.get('restart', 0)} restarts, over {len(kills)} process(es)"
@@ -369,9 +372,22 @@ def _describe_chaos(chaos: Mapping[str, Any] | None) -> str:
         return "custom network"
     from moonpool.net._chaos import ChaosConfig
 
-    defaults = msgspec.to_builtins(ChaosConfig())
-    changed = {key: value for key, value in chaos.items() if defaults.get(key) != value}
-    if not changed:
-        return "none (a perfect network)"
+    changed = _changed(chaos, msgspec.to_builtins(ChaosConfig()), skip="storage")
+    return changed or "none (a perfect network)"
+
+
+def _describe_storage_chaos(chaos: Mapping[str, Any]) -> str:
+    from moonpool.storage._chaos import StorageChaosConfig
+
+    changed = _changed(chaos, msgspec.to_builtins(StorageChaosConfig()))
+    return changed or "none (a perfect disk; crashes still lose unsynced writes)"
+
+
+def _changed(config: Mapping[str, Any], defaults: Mapping[str, Any], skip: str = "") -> str:
+    """The settings of ``config`` that differ from ``defaults``, as JSON values."""
     encode = msgspec.json.encode
-    return " ".join(f"{key}={encode(value).decode()}" for key, value in changed.items())
+    return " ".join(
+        f"{key}={encode(value).decode()}"
+        for key, value in config.items()
+        if key != skip and defaults.get(key) != value
+    )

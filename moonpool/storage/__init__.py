@@ -1,0 +1,44 @@
+"""Storage providers: the simulated disk that crashes like a real one, and a real directory.
+
+Same shape as :mod:`moonpool.net`: a small protocol (:class:`StorageProvider`,
+:class:`StorageFile`), a simulated form with seeded faults (:class:`SimStorage`,
+configured by :class:`StorageChaosConfig`) and a real one (:class:`RealStorage`),
+held to one conformance suite, so server code written against the protocol runs
+in simulation and on a real disk alike.  The durability contract is in
+:mod:`moonpool.storage._provider`'s docstring, and in the README.
+"""
+
+from moonpool.storage._chaos import STORAGE_FAULT_FAMILIES, StorageChaosConfig
+from moonpool.storage._provider import (
+    SECTOR,
+    FileClosedError,
+    InvalidFileName,
+    StorageDown,
+    StorageError,
+    StorageFile,
+    StorageProvider,
+    SyncFailed,
+)
+from moonpool.storage._sim_storage import SimFile, SimStorage
+
+__all__ = [
+    "SECTOR",
+    "STORAGE_FAULT_FAMILIES",
+    "FileClosedError",
+    "InvalidFileName",
+    "SimFile",
+    "SimStorage",
+    "StorageChaosConfig",
+    "StorageDown",
+    "StorageError",
+    "StorageFile",
+    "StorageProvider",
+    "SyncFailed",
+]
+
+for _cls in (
+    FileClosedError, InvalidFileName, SimFile, SimStorage, StorageChaosConfig, StorageDown,
+    StorageError, StorageFile, StorageProvider, SyncFailed,
+):  # fmt: skip
+    _cls.__module__ = __name__
+del _cls

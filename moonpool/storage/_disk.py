@@ -1,0 +1,250 @@
+"""The disk of one simulated process: what is durable, what is not, and what a crash keeps.
+
+This is the pure model behind ``SimStorage`` -- no trio, no clock, no faults
+but the crash's -- in the spirit of FoundationDB's ``AsyncFileNonDurable``:
+
+* each file (an *inode*, :class:`Inode`) keeps two images: ``durable``, its
+  bytes as of its last ``sync``, and ``current``, what processes read; and the
+  list of writes and truncates since that sync (``pending``), in order;
+* the store keeps two name tables the same way: ``names`` (what ``list``
+  shows) and ``durable_names`` (as of the last ``storage.sync()``), and the
+  creates, removes and renames since (``journal``), in order.
+
+A *crash* rebuilds both from their durable images: each pending write is kept,
+lost or torn (a prefix kept, cut at a sector boundary of the file), each
+pending truncate kept or lost, each independently -- a disk may reorder writes
+that no ``fsync`` ordered -- and then replayed in order on the durable bytes,
+so a lost write leaves whatever was there before it.  Synced bytes cannot
+change: nothing but a pending op is ever replayed over them.  (Upstream
+moonpool's issue #242 lost durable bytes when a torn write grew past a synced
+tail sector; replaying on the durable image rules that out by construction.)
+The journal keeps a prefix: the newest unsynced namespace changes are undone
+first, as a journaling file system would.
+
+Decisions come from a ``random.Random`` the caller keys by what it decides (one
+per crash), and each fault goes through ``admit`` -- the run's fault plan may
+refuse it, and a refused fault is simply not one: the write is kept.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, final
+
+from moonpool.storage._provider import SECTOR
+
+__all__ = ["CrashOutcome", "Disk", "Inode"]
+
+Admit = Callable[[str, str, str], bool]
+"""Whether a crash fault happens: (family, file name, text) -> bool."""
+
+_Write = tuple[Literal["write"], int, bytes]
+_Truncate = tuple[Literal["truncate"], int]
+PendingOp = _Write | _Truncate
+
+
+@final
+class Inode:
+    """One file's bytes: durable, current, and the unsynced ops between them."""
+
+    __slots__ = ("current", "durable", "pending")
+
+    def __init__(self) -> None:
+        self.durable = bytearray()
+        self.current = bytearray()
+        self.pending: list[PendingOp] = []
+
+    def write(self, offset: int, data: bytes) -> None:
+        _apply_write(self.current, offset, data)
+        self.pending.append(("write", offset, bytes(data)))
+
+    def truncate(self, size: int) -> None:
+        _apply_truncate(self.current, size)
+        self.pending.append(("truncate", size))
+
+    def sync(self) -> int:
+        """Make every write so far durable; returns how many ops it covered."""
+        covered = len(self.pending)
+        if covered:
+            self.durable = bytearray(self.current)
+            self.pending.clear()
+        return covered
+
+    def crash(self, rng: random.Random, admit: Admit, name: str, outcome: CrashOutcome) -> None:
+        """Rebuild ``current`` from ``durable`` and a seeded fate for each pending op."""
+        if not self.pending:
+            return
+        image = bytearray(self.durable)
+        for op in self.pending:
+            if op[0] == "truncate":
+                size = op[1]
+                if rng.random() < 0.5 and admit(
+                    "lost_write", name, f"{name}: truncate to {size} lost"
+                ):
+                    outcome.lost += 1
+                else:
+                    _apply_truncate(image, size)
+                    outcome.kept += 1
+                continue
+            _, offset, data = op
+            fate, cut = _fate(rng, offset, len(data))
+            if fate == "lost" and admit(
+                "lost_write", name, f"{name}: write of {len(data)} bytes at {offset} lost"
+            ):
+                outcome.lost += 1
+                continue
+            if fate == "torn" and admit(
+                "torn_write",
+                name,
+                f"{name}: write of {len(data)} bytes at {offset} torn after {cut} bytes",
+            ):
+                outcome.torn += 1
+                _apply_write(image, offset, data[:cut])
+                continue
+            outcome.kept += 1
+            _apply_write(image, offset, data)
+        self.durable = image
+        self.current = bytearray(image)
+        self.pending.clear()
+
+
+def _fate(rng: random.Random, offset: int, size: int) -> tuple[str, int]:
+    """Kept, lost or torn (with the bytes kept), a third each; untearable: half and half.
+
+    Both draws are made whatever the first says, so that the stream stays aligned
+    (a fault plan refusing one fate moves no later one).
+    """
+    roll = rng.random()
+    # The sector boundaries strictly inside the write: where it may be torn.
+    first = (offset // SECTOR + 1) * SECTOR
+    last = offset + size - 1
+    boundaries = (last - first) // SECTOR + 1 if first <= last else 0
+    pick = rng.randrange(boundaries) if boundaries else 0
+    if not boundaries:
+        return ("lost" if roll < 0.5 else "kept"), size
+    if roll < 1 / 3:
+        return "lost", 0
+    if roll < 2 / 3:
+        return "torn", first + pick * SECTOR - offset
+    return "kept", size
+
+
+def _apply_write(image: bytearray, offset: int, data: bytes) -> None:
+    end = offset + len(data)
+    if offset > len(image):
+        image.extend(bytes(offset - len(image)))
+    image[offset:end] = data
+
+
+def _apply_truncate(image: bytearray, size: int) -> None:
+    if size < len(image):
+        del image[size:]
+    else:
+        image.extend(bytes(size - len(image)))
+
+
+JournalEntry = tuple[str, str, str | None, Inode]
+"""An unsynced namespace change: (kind, name, new name or None, inode)."""
+
+
+@dataclass
+class CrashOutcome:
+    """What one crash did to the unsynced state (for the timeline and tests)."""
+
+    kept: int = 0
+    lost: int = 0
+    torn: int = 0
+    undone: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        parts = [f"{self.kept} unsynced op(s) kept", f"{self.lost} lost", f"{self.torn} torn"]
+        if self.undone:
+            parts.append(f"undone: {', '.join(self.undone)}")
+        return ", ".join(parts)
+
+
+@final
+class Disk:
+    """The files of one process, across its reboots (see the module doc)."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, Inode] = {}
+        self.durable_names: dict[str, Inode] = {}
+        self.journal: list[JournalEntry] = []
+        self.crashes = 0
+        self.wipes = 0
+
+    # -- namespace -----------------------------------------------------------------
+
+    def open(self, name: str) -> Inode:
+        inode = self.names.get(name)
+        if inode is None:
+            inode = self.names[name] = Inode()
+            self.journal.append(("create", name, None, inode))
+        return inode
+
+    def remove(self, name: str) -> None:
+        inode = self.names.pop(name, None)
+        if inode is None:
+            raise FileNotFoundError(f"cannot remove {name!r}: no such file in the store")
+        self.journal.append(("remove", name, None, inode))
+
+    def rename(self, old: str, new: str) -> None:
+        inode = self.names.get(old)
+        if inode is None:
+            raise FileNotFoundError(f"cannot rename {old!r}: no such file in the store")
+        if old == new:
+            return
+        del self.names[old]
+        self.names[new] = inode
+        self.journal.append(("rename", old, new, inode))
+
+    def sync_names(self) -> int:
+        """Make every namespace change so far durable; returns how many it covered."""
+        covered = len(self.journal)
+        if covered:
+            self.durable_names = dict(self.names)
+            self.journal.clear()
+        return covered
+
+    # -- what the machine does -------------------------------------------------------
+
+    def crash(self, rng: random.Random, admit: Admit) -> CrashOutcome:
+        """The machine lost power: keep a prefix of the journal, then fate each write."""
+        self.crashes += 1
+        outcome = CrashOutcome()
+        journal = self.journal
+        keep = rng.randint(0, len(journal)) if journal else 0
+        # Undo from the newest; a refused undo keeps that change and every older one.
+        for index in range(len(journal) - 1, keep - 1, -1):
+            kind, name, new, _ = journal[index]
+            what = f"{kind} {name}" + (f" -> {new}" if new is not None else "")
+            if not admit(f"undone_{kind}", new or name, f"{what} undone"):
+                keep = index + 1
+                break
+            outcome.undone.append(what)
+        names = dict(self.durable_names)
+        for kind, name, new, inode in journal[:keep]:
+            if kind == "create":
+                names[name] = inode
+            elif kind == "remove":
+                del names[name]
+            else:
+                assert new is not None
+                names[new] = names.pop(name)
+        # Fate every inode that may still be reached, in name order (deterministic).
+        for name in sorted(names):
+            names[name].crash(rng, admit, name, outcome)
+        self.names = names
+        self.durable_names = dict(names)
+        self.journal = []
+        return outcome
+
+    def wipe(self) -> None:
+        """The machine's disk was replaced: every file is gone, synced or not."""
+        self.wipes += 1
+        self.names = {}
+        self.durable_names = {}
+        self.journal = []
