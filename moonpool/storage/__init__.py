@@ -19,6 +19,7 @@ from moonpool.storage._provider import (
     StorageProvider,
     SyncFailed,
 )
+from moonpool.storage._real_storage import RealFile, RealStorage
 from moonpool.storage._sim_storage import SimFile, SimStorage
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "STORAGE_FAULT_FAMILIES",
     "FileClosedError",
     "InvalidFileName",
+    "RealFile",
+    "RealStorage",
     "SimFile",
     "SimStorage",
     "StorageChaosConfig",
@@ -37,8 +40,8 @@ __all__ = [
 ]
 
 for _cls in (
-    FileClosedError, InvalidFileName, SimFile, SimStorage, StorageChaosConfig, StorageDown,
-    StorageError, StorageFile, StorageProvider, SyncFailed,
+    FileClosedError, InvalidFileName, RealFile, RealStorage, SimFile, SimStorage,
+    StorageChaosConfig, StorageDown, StorageError, StorageFile, StorageProvider, SyncFailed,
 ):  # fmt: skip
     _cls.__module__ = __name__
 del _cls

@@ -57,6 +57,8 @@ class Inode:
         self.pending: list[PendingOp] = []
 
     def write(self, offset: int, data: bytes) -> None:
+        if not data:
+            return  # like pwrite: writing nothing past the end does not extend the file
         _apply_write(self.current, offset, data)
         self.pending.append(("write", offset, bytes(data)))
 
@@ -215,6 +217,9 @@ class Disk:
         """The machine lost power: keep a prefix of the journal, then fate each write."""
         self.crashes += 1
         outcome = CrashOutcome()
+        # Each file's fates from a stream of its own: refusing one undo (a fault
+        # plan) makes a file reachable or not, and must not move the others' fates.
+        files = rng.getrandbits(64)
         journal = self.journal
         keep = rng.randint(0, len(journal)) if journal else 0
         # Undo from the newest; a refused undo keeps that change and every older one.
@@ -236,7 +241,7 @@ class Disk:
                 names[new] = names.pop(name)
         # Fate every inode that may still be reached, in name order (deterministic).
         for name in sorted(names):
-            names[name].crash(rng, admit, name, outcome)
+            names[name].crash(random.Random(f"{files}/{name}"), admit, name, outcome)
         self.names = names
         self.durable_names = dict(names)
         self.journal = []

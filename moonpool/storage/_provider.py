@@ -146,11 +146,11 @@ class StorageFile(Protocol):
         """Up to ``size`` bytes from ``offset``: fewer at the end of the file, none past it."""
         ...
 
-    async def write(self, offset: int, data: bytes) -> None:
+    async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset``; a gap past the end reads back as zeros."""
         ...
 
-    async def append(self, data: bytes) -> int:
+    async def append(self, data: bytes | bytearray | memoryview) -> int:
         """Write ``data`` at the end of the file; returns the offset it was written at."""
         ...
 

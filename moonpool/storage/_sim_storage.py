@@ -318,13 +318,13 @@ class SimFile:
                 data = bytes(flipped)
         return data
 
-    async def write(self, offset: int, data: bytes) -> None:
+    async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         check_offset("offset", offset)
         payload = _payload(data)
         await self._io("write")
         self._inode.write(offset, payload)
 
-    async def append(self, data: bytes) -> int:
+    async def append(self, data: bytes | bytearray | memoryview) -> int:
         payload = _payload(data)
         await self._io("append to")
         offset = len(self._inode.current)
