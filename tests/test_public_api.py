@@ -17,6 +17,10 @@ CONTRACT = {
         "random",
     ],
     "moonpool.net": ["NetworkProvider", "SimNetwork", "RealNetwork", "ChaosConfig"],
+    "moonpool.storage": [
+        "StorageProvider", "StorageFile", "SimStorage", "RealStorage", "StorageChaosConfig",
+        "StorageError", "SyncFailed", "StorageDown", "FileClosedError", "InvalidFileName",
+    ],
     "moonpool.transport": [
         "ClientTransport", "ServerTransport", "ReceivedEnvelope",
         "TransportProtocol", "Transmit", "TransportDriver", "Peer", "PeerConfig",
@@ -51,6 +55,18 @@ def test_transport_errors_form_one_hierarchy() -> None:
         assert issubclass(getattr(transport, name), transport.TransportError)
     assert issubclass(transport.TransportTimeout, TimeoutError)
     assert issubclass(transport.SerializationError, ValueError)
+
+
+def test_storage_errors_say_what_kind_of_error_they_are() -> None:
+    from moonpool import storage
+
+    assert issubclass(storage.SyncFailed, storage.StorageError)
+    assert issubclass(storage.StorageDown, storage.StorageError)
+    assert issubclass(storage.StorageError, OSError)
+    # Misuse is a ValueError, as Python's own closed files and bad arguments are.
+    assert issubclass(storage.FileClosedError, ValueError)
+    assert issubclass(storage.InvalidFileName, ValueError)
+    assert storage.SimStorage.__module__ == "moonpool.storage"
 
 
 def test_private_modules_stay_private() -> None:
