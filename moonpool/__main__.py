@@ -14,12 +14,12 @@ just those.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -31,6 +31,8 @@ from moonpool.sim import (
     SimulationInterrupted,
     SimulationReport,
 )
+from moonpool.sim._target import TargetError, load_target
+from moonpool.sim._workers import WorkerSetupError
 
 __all__ = ["load_builder", "main"]
 
@@ -40,31 +42,11 @@ class UsageError(Exception):
 
 
 def load_builder(target: str) -> SimulationBuilder:
-    """Import ``PATH.py[:ATTR]`` and return the builder it defines."""
-    path_text, _, attr = target.partition(":")
-    attr = attr or "simulation"
-    path = Path(path_text)
-    if not path.is_file():
-        raise UsageError(f"no such file: {path_text}")
-    module_name = f"_moonpool_cli_{path.stem}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise UsageError(f"cannot import {path_text} as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    """Import ``PATH.py[:ATTR]`` (or ``module:ATTR``) and return the builder it defines."""
     try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise UsageError(f"{path_text} has no attribute {attr!r}") from None
-    if callable(obj) and not isinstance(obj, SimulationBuilder):
-        obj = obj()
-    if not isinstance(obj, SimulationBuilder):
-        raise UsageError(
-            f"{path_text}:{attr} is {type(obj).__name__}, expected a SimulationBuilder "
-            f"or a function returning one"
-        )
-    return obj
+        return load_target(target)
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
 
 
 class _Progress:
@@ -107,6 +89,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--quiet", action="store_true", help="no progress line")
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failing seed")
     run.add_argument("--base-seed", type=int, help="derive the seeds from this (reruns a batch)")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        metavar="N|auto",
+        help="run the seeds in N worker processes (auto: one per CPU)",
+    )
+    where.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run the seeds on the Dask cluster whose scheduler is at ADDRESS",
+    )
     explain = run.add_argument_group("explaining a failure")
     explain.add_argument(
         "--timeline", action="store_true", help="print what happened in the seed (with --seed)"
@@ -160,6 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     path, _, attr = args.target.partition(":")
     builder.set_name(f"{os.path.abspath(path)}:{attr or 'simulation'}")
+    builder.set_target(args.target)
+    try:
+        workers = _workers(args.workers)
+    except UsageError as exc:
+        print(f"moonpool: {exc}", file=sys.stderr)
+        return 2
     try:
         _explain_options(builder, args)
     except UsageError as exc:
@@ -179,9 +178,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = _Progress(enabled=not args.quiet)
     builder.set_progress(progress)
     try:
-        report = builder.run()
+        on_dask = args.dask is not None
+        report = _run_on_dask(builder, args.dask) if on_dask else builder.run(workers=workers)
     except SimulationInterrupted as interrupted:
         report = interrupted.report  # what ran before Ctrl-C, then exit like Ctrl-C
+    except (TargetError, WorkerSetupError, ImportError, OSError) as exc:
+        progress.finish()
+        print(f"moonpool: {exc}", file=sys.stderr)
+        return 2
     progress.finish()
     try:
         if args.timeline and not args.json:
@@ -194,6 +198,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if report.interrupted:
         return 130
     return 0 if report.ok else 1
+
+
+def _workers(text: str | None) -> int | Literal["auto"] | None:
+    if text is None:
+        return None
+    if text == "auto":
+        return "auto"
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise UsageError(f"--workers takes a number >= 1 or 'auto', got {text!r}")
+    return count
+
+
+def _run_on_dask(builder: SimulationBuilder, address: str) -> SimulationReport:
+    try:
+        import distributed
+    except ImportError:
+        raise ImportError("--dask needs Dask distributed: pip install 'moonpool[dask]'") from None
+    with distributed.Client(address, timeout=30) as client:  # type: ignore[no-untyped-call]
+        return builder.run(executor=client)
 
 
 def _explain_options(builder: SimulationBuilder, args: argparse.Namespace) -> None:

@@ -7,6 +7,9 @@
 * ``--moonpool-timeline`` keeps each seed's whole timeline and shows the failing
   seed's in the report; ``--moonpool-shrink`` shrinks the first failing seed's
   faults; ``--moonpool-fault-plan PLAN`` replays with only those faults.
+* ``--moonpool-workers N|auto`` runs each simulation's seeds in N worker
+  processes -- those whose builder has a target (``set_target``); the others
+  run in the test's process, with a warning.
 * ``--moonpool-database DIR|off``: where failing seeds are saved and replayed
   first (default ``.moonpool/`` under the current directory).  Each test is its
   own key (its node id).
@@ -38,6 +41,7 @@ OPTION_TIMELINE = "--moonpool-timeline"
 OPTION_SHRINK = "--moonpool-shrink"
 OPTION_SHRINK_TIME = "--moonpool-shrink-time"
 OPTION_DATABASE = "--moonpool-database"
+OPTION_WORKERS = "--moonpool-workers"
 SECTION = "moonpool"
 
 
@@ -92,6 +96,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR|off",
         help="failure database directory (default .moonpool), or off",
     )
+    group.addoption(
+        OPTION_WORKERS,
+        dest="moonpool_workers",
+        default=None,
+        metavar="N|auto",
+        help="run each simulation's seeds in N worker processes (those with a target)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -126,6 +137,11 @@ def pytest_configure(config: pytest.Config) -> None:
     database = config.getoption("moonpool_database")
     if database is not None:
         os.environ[_builder.ENV_DATABASE] = database
+    workers = config.getoption("moonpool_workers")
+    if workers is not None:
+        if workers != "auto" and not (workers.isdigit() and int(workers) >= 1):
+            raise pytest.UsageError(f"{OPTION_WORKERS} takes a number >= 1 or 'auto'")
+        os.environ[_builder.ENV_WORKERS] = workers
 
 
 @pytest.hookimpl(wrapper=True)

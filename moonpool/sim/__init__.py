@@ -42,6 +42,8 @@ from moonpool.sim._report import (
     SimulationReport,
 )
 from moonpool.sim._shrink import ShrinkError, ShrunkPlan
+from moonpool.sim._target import TargetError
+from moonpool.sim._workers import WorkerSetupError
 from moonpool.sim._workload import Process, Workload, WorkloadFunction
 
 __all__ = [
@@ -71,10 +73,12 @@ __all__ = [
     "SimulationFailed",
     "SimulationInterrupted",
     "SimulationReport",
+    "TargetError",
     "TimeLimit",
     "TimelineEvent",
     "UntilAllSometimesReached",
     "Workload",
+    "WorkerSetupError",
     "WorkloadContext",
     "WorkloadFunction",
     "always",
@@ -92,7 +96,8 @@ __all__ = [
 for _cls in (
     Attrition, AssertionSummary, AssertionViolation, FailureRecord, FixedCount, ProcessContext,
     ProcessEvent, RunRecord, SimulationBuilder, SimulationFailed, SimulationInterrupted,
-    SimulationReport, TimeLimit, UntilAllSometimesReached, Workload, WorkloadContext,
+    SimulationReport, TargetError, TimeLimit, UntilAllSometimesReached, WorkerSetupError, Workload,
+    WorkloadContext,
 ):  # fmt: skip
     _cls.__module__ = __name__
 del _cls

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self, final
+from typing import Any, Literal, Self, final
 
 import msgspec
 
@@ -30,6 +30,7 @@ from moonpool.sim._iteration import (
     IterationConfig,
     IterationResult,
     NetworkFactory,
+    SeedOutcome,
     run_iteration,
 )
 from moonpool.sim._report import (
@@ -40,7 +41,9 @@ from moonpool.sim._report import (
     SimulationReport,
 )
 from moonpool.sim._shrink import ShrinkError, ShrunkPlan, shrink_faults
+from moonpool.sim._target import TargetError, absolute_target
 from moonpool.sim._timeline_diff import first_divergence
+from moonpool.sim._workers import LocalSeeds, Outcomes, SeedSource, WorkerJob, WorkerPool, cpu_count
 from moonpool.sim._workload import Process, ProcessSpec, Workload, WorkloadFunction, WorkloadSpec
 from moonpool.storage._chaos import StorageChaosConfig
 
@@ -104,6 +107,25 @@ ENV_DATABASE = "MOONPOOL_DATABASE"
 #: Set: keep every seed's whole timeline.  A number: shrink within that many seconds.
 ENV_TIMELINE = "MOONPOOL_TIMELINE"
 ENV_SHRINK = "MOONPOOL_SHRINK"
+#: How many worker processes ``run()`` uses when not told (a number, or ``auto``).
+ENV_WORKERS = "MOONPOOL_WORKERS"
+
+#: The builder's data settings: what a worker applies to the simulation it
+#: re-creates from the target (code -- processes, workloads -- comes from there).
+_SETTINGS = (
+    "_attrition",
+    "_settle_time",
+    "_buggify",
+    "_chaos",
+    "_storage_chaos",
+    "_shutdown_grace",
+    "_sim_time_budget",
+    "_wall_time_budget",
+    "_record_timeline",
+    "_fault_plan",
+    "_check_determinism",
+    "_strict_determinism",
+)
 
 
 #: How failure reports say to replay a seed when the builder was not told; the
@@ -164,6 +186,7 @@ class SimulationBuilder:
         self._shrink_limit: float | None = None
         self._check_determinism = False
         self._strict_determinism = False
+        self._target: str | None = None
 
     # -- configuration ------------------------------------------------------------
 
@@ -478,6 +501,19 @@ class SimulationBuilder:
             replay=self._plan_replay(seed, text),
         )
 
+    def set_target(self, target: str) -> Self:
+        """Name the code that builds this simulation, for worker processes.
+
+        ``target`` is ``path/to/file.py:function`` or ``package.module:function``
+        (the CLI's form; the function returns this builder, unconfigured or
+        configured -- this builder's settings are sent to the workers anyway).
+        ``run(workers=N)`` and ``run(executor=...)`` re-create the simulation in
+        each worker by calling it: processes and workloads are code, and code
+        does not travel between processes.  The CLI sets it.
+        """
+        self._target = absolute_target(target)
+        return self
+
     def set_network_factory(self, factory: NetworkFactory) -> Self:
         """Replace the per-iteration network (advanced; default: a ``SimNetwork``)."""
         self._network_factory = factory
@@ -519,10 +555,22 @@ class SimulationBuilder:
             if seed not in saved:
                 yield seed
 
-    def run(self) -> SimulationReport:
+    def run(
+        self, *, workers: int | Literal["auto"] | None = None, executor: Any = None
+    ) -> SimulationReport:
         """Run the simulation synchronously (each seed is its own ``trio.run``).
 
-        Ctrl-C stops the run once the current seed has finished and raises
+        ``workers=N`` (or ``"auto"``: one per CPU) runs the seeds in a pool of N
+        worker processes, ``executor=`` a ``distributed.Client`` on a Dask
+        cluster; both re-create the simulation in each worker from its target
+        (:meth:`set_target`; the CLI sets it) with this builder's settings.  A
+        seed's results are the same wherever it ran; the report lists the seeds
+        in the order a single process would have run them.  The default (None)
+        is ``MOONPOOL_WORKERS`` if set (CLI ``--workers``, pytest
+        ``--moonpool-workers``), else one: this process.
+
+        Ctrl-C stops the run once the current seed has finished (with workers: at
+        once, dropping the seeds in flight) and raises
         :class:`SimulationInterrupted` (a ``KeyboardInterrupt``) carrying the report
         of the seeds that ran; a second Ctrl-C cancels the current seed, which is
         left out of the report (a third raises ``KeyboardInterrupt`` at once).
@@ -567,7 +615,15 @@ class SimulationBuilder:
         planned: set[str] = set()  # the fault plan's entries that came up
         plan_text = None if self._fault_plan is None else self._plan_text()
 
+        order: list[int] = []  # the seed-stream position of each of runs
+
         def report(*, interrupted: bool = False) -> SimulationReport:
+            if order != sorted(order):  # workers finish out of order: put them back
+                position = dict(zip(map(id, runs), order, strict=True))
+                runs.sort(key=lambda record: position[id(record)])
+                seen = {record.seed: i for i, record in enumerate(runs)}
+                failures.sort(key=lambda failure: seen[failure.seed])
+                order.sort()
             return SimulationReport(
                 runs=runs,
                 failures=failures,
@@ -594,17 +650,20 @@ class SimulationBuilder:
                 fault_plan=plan_text,
             )
 
-        with ctrl_c_handled() as ctrl_c:
-            for seed in self._seed_stream(base, saved):
-                config = self._iteration_config(seed)
-                if self._check_determinism:
-                    config = dataclasses.replace(config, record_timeline=True)
-                try:
-                    result = run_iteration(seed, config, self._replay_hint, ctrl_c)
-                    if self._check_determinism:
-                        result = self._compare_with_rerun(result, config, ctrl_c)
-                except KeyboardInterrupt as exc:  # Ctrl-C cut the seed short
-                    raise SimulationInterrupted(report(interrupted=True)) from exc
+        seeds = self._seed_stream(base, saved)
+        limit = len(self._seeds) if self._seeds is not None else None
+        if isinstance(control, FixedCount) and limit is None:
+            limit = control.count
+        source = self._seed_source(workers, executor)
+        local = source if isinstance(source, LocalSeeds) else None
+        with ctrl_c_handled() as ctrl_c, source.outcomes(seeds, limit, ctrl_c) as outcomes:
+            for index, result in _interruptible(outcomes, report):
+                seed = result.record.seed
+                order.append(index)
+                if result.failure is not None and source is not local:
+                    # A worker's builder came from the target: the replay command is ours.
+                    failure = dataclasses.replace(result.failure, replay=self._replay_hint(seed))
+                    result = dataclasses.replace(result, failure=failure)
                 if database is not None:
                     failed = result.failure is not None
                     if failed or seed in known_failing:
@@ -613,7 +672,7 @@ class SimulationBuilder:
                     if failed:
                         known_failing.add(seed)
                 if self._fault_plan is not None:
-                    planned.update(fault.id for fault in result.run.fault_log)
+                    planned.update(result.fault_ids)
                 for line in result.record.nondeterministic:
                     if line not in nondeterministic:
                         nondeterministic[line] = None
@@ -671,8 +730,74 @@ class SimulationBuilder:
             )
         return plan, ""
 
+    # -- where seeds run ---------------------------------------------------------------
+
+    def code_signature(self) -> tuple[str, ...]:
+        """The registered code, by name and qualified name (what a target must build)."""
+        lines = [f"process {spec.name}: {_qualified(spec.fn)}" for spec in self._processes]
+        lines += [
+            f"workload {spec.name}: {_qualified(spec.factory or spec.fn)}"
+            for spec in self._workloads
+        ]
+        if self._network_factory is not None:
+            lines.append(f"network factory: {_qualified(self._network_factory)}")
+        return tuple(lines)
+
+    def apply_settings(self, settings: dict[str, Any]) -> None:
+        """Take over another builder's data settings (a worker's re-created simulation)."""
+        for name in _SETTINGS:
+            setattr(self, name, settings[name])
+
+    def _seed_source(self, workers: int | Literal["auto"] | None, executor: Any) -> SeedSource:
+        if executor is not None:
+            if workers not in (None, 1):
+                raise ValueError("run() takes workers= or executor=, not both")
+            from moonpool.sim._dask import DaskSeeds
+
+            return DaskSeeds(executor, self._worker_job("run(executor=...)"), self._replay_hint)
+        from_environment = workers is None
+        if workers is None:
+            workers = os.environ.get(ENV_WORKERS) or 1  # type: ignore[assignment]
+            if isinstance(workers, str) and workers != "auto":
+                workers = int(workers)
+        count = cpu_count() if workers == "auto" else workers
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"workers must be an int >= 1 or 'auto', got {workers!r}")
+        if count == 1:
+            return LocalSeeds(self)
+        if self._target is None and from_environment:
+            warnings.warn(
+                f"{ENV_WORKERS}={count} ignored for {self.name}: it has no target to "
+                f"re-create it in worker processes from (set_target)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return LocalSeeds(self)
+        return WorkerPool(self._worker_job(f"run(workers={count})"), count, self._replay_hint)
+
+    def _worker_job(self, how: str) -> WorkerJob:
+        if self._target is None:
+            raise TargetError(
+                f"{how} re-creates the simulation in each worker process from its target, "
+                f"and this builder has none: build it in a module-level function and call "
+                f"set_target('path/to/file.py:function') (the CLI does), or run it here "
+                f"(workers=1)"
+            )
+        settings = {name: getattr(self, name) for name in _SETTINGS}
+        return WorkerJob(self._target, settings, self.code_signature())
+
+    def run_seed(self, seed: int, ctrl_c: CtrlC | None = None) -> SeedOutcome:
+        """One seed, here (what a worker does with each seed it is sent)."""
+        config = self._iteration_config(seed)
+        if self._check_determinism:
+            config = dataclasses.replace(config, record_timeline=True)
+        result = run_iteration(seed, config, self._replay_hint, ctrl_c)
+        if self._check_determinism:
+            result = self._compare_with_rerun(result, config, ctrl_c)
+        return result.outcome()
+
     def _compare_with_rerun(
-        self, first: IterationResult, config: IterationConfig, ctrl_c: CtrlC
+        self, first: IterationResult, config: IterationConfig, ctrl_c: CtrlC | None
     ) -> IterationResult:
         """Run ``first``'s seed again (both with timelines): a different trace hash
         fails the seed, naming the first event where the two runs part."""
@@ -780,12 +905,22 @@ def _chaos_summary(chaos: ChaosConfig, storage: StorageChaosConfig) -> dict[str,
     return summary
 
 
+def _interruptible(
+    outcomes: Outcomes, report: Callable[..., SimulationReport]
+) -> Iterator[tuple[int, SeedOutcome]]:
+    """``outcomes``, with a Ctrl-C turned into the report of what ran."""
+    try:
+        yield from outcomes
+    except KeyboardInterrupt as exc:  # Ctrl-C cut a seed short (or stopped the pool)
+        raise SimulationInterrupted(report(interrupted=True)) from exc
+
+
 def _merge(
     assertions: dict[tuple[str, str], AssertionRecord],
     fault_totals: dict[str, int],
-    result: IterationResult,
+    result: SeedOutcome,
 ) -> None:
-    for key, record in result.run.assertions.items():
+    for key, record in result.assertions.items():
         total = assertions.get(key)
         if total is None:
             total = assertions[key] = AssertionRecord(record.kind, record.message)

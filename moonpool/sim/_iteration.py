@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 import trio
 
-from moonpool._ground._run import SimRun, derive_random, reset_current_run, set_current_run
+from moonpool._ground._run import (
+    AssertionRecord,
+    SimRun,
+    derive_random,
+    reset_current_run,
+    set_current_run,
+)
 from moonpool._ground._timeline import TimelineEvent, set_current_host
 from moonpool.sim._attrition import Attrition
 from moonpool.sim._context import WorkloadContext
@@ -47,7 +53,7 @@ if TYPE_CHECKING:
     from moonpool.net import ChaosConfig, NetworkProvider
     from moonpool.storage import StorageChaosConfig
 
-__all__ = ["IterationConfig", "IterationResult", "NetworkFactory", "run_iteration"]
+__all__ = ["IterationConfig", "IterationResult", "NetworkFactory", "SeedOutcome", "run_iteration"]
 
 DEFAULT_PORT = 4500
 
@@ -81,11 +87,34 @@ class IterationConfig:
 
 @final
 @dataclass(frozen=True)
+class SeedOutcome:
+    """What the report needs of one seed: small and picklable, so that a worker
+    process (or a Dask worker) can send it back."""
+
+    record: RunRecord
+    failure: FailureRecord | None
+    kills: dict[str, int]
+    assertions: dict[tuple[str, str], AssertionRecord]
+    #: The ids of the faults that happened (a fault plan's entries that came up).
+    fault_ids: tuple[str, ...]
+
+
+@final
+@dataclass(frozen=True)
 class IterationResult:
     record: RunRecord
     failure: FailureRecord | None
     run: SimRun
     kills: dict[str, int]
+
+    def outcome(self) -> SeedOutcome:
+        return SeedOutcome(
+            record=self.record,
+            failure=self.failure,
+            kills=self.kills,
+            assertions=self.run.assertions,
+            fault_ids=tuple(fault.id for fault in self.run.fault_log),
+        )
 
 
 class _Lifecycle:
