@@ -63,3 +63,26 @@ def test_workers_and_executor_are_one_or_the_other(client: object) -> None:
     with pytest.raises(ValueError, match="workers= or executor=, not both"):
         builder.run(workers=2, executor=client)
     assert Path(TARGETS).is_file()
+
+
+def test_the_cli_runs_on_a_cluster_given_its_scheduler_address(client: object) -> None:
+    import json
+    import subprocess
+    import sys
+
+    address = client.scheduler.address  # type: ignore[attr-defined]
+    args = ["examples/ping_pong.py", "--iterations", "6", "--base-seed", "4", "--json"]
+    root = Path(PING_PONG).parents[1]
+
+    def cli(*more: str) -> list[tuple[int, str]]:
+        completed = subprocess.run(
+            [sys.executable, "-m", "moonpool", "run", *args, "--no-database", *more],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        return [(r["seed"], r["trace_hash"]) for r in json.loads(completed.stdout)["runs"]]
+
+    assert cli("--dask", address) == cli()

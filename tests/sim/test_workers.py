@@ -199,3 +199,13 @@ def _parent(pid: int) -> int:
     except OSError:
         return -1
     return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def test_a_time_limit_stops_the_pool_and_keeps_what_finished() -> None:
+    from moonpool.sim import TimeLimit
+
+    report = _builder(_target("slow")).set_iteration_control(TimeLimit(3.0)).run(workers=2)
+    assert "time limit of 3s reached" in report.stopped_because
+    assert 0 < len(report.runs) < 200
+    assert len({r.seed for r in report.runs}) == len(report.runs)
+    report.assert_success()
