@@ -1,10 +1,11 @@
 """A durable key-value store: a write-ahead log on a disk that crashes like a real one.
 
 Two server **processes** each keep a dict in memory and a write-ahead log on
-their disk (``ctx.storage``): a ``Put`` is appended to the log, the log is
-synced, and only then is the write applied and acknowledged.  At boot a server
-replays its log, stopping at the first record whose length or checksum is
-wrong -- a write torn by a crash -- and cuts the log there.  Client
+their disk (``ctx.storage``): a ``Put`` is written at the end of the log, the
+log is synced, and only then is the write applied and acknowledged.  At boot a
+server replays its log, stopping at the first record whose length or checksum
+is wrong -- a write torn by a crash -- writes back what it replayed, syncs it,
+and cuts the log there.  Client
 **workloads** own keys, write new versions of them and read them back, while
 attrition crashes, reboots and *wipes* the servers (a wipe empties the disk:
 the machine was replaced) under network chaos, disk faults and buggify.
@@ -148,10 +149,31 @@ def replay(log: bytes, data: dict[str, tuple[int, bytes]], *, trust_torn: bool) 
     return position
 
 
+class Log:
+    """The write-ahead log: records written at ``end``, the end of what is durable."""
+
+    def __init__(self, wal: StorageFile, end: int) -> None:
+        self.wal = wal
+        self.end = end
+
+    async def write(self, record: bytes) -> None:
+        """Write ``record`` at the end, durably (``ok`` may be sent once this returns).
+
+        Always at ``end``, never ``append``: a write whose sync failed may be gone
+        (Linux drops the pages a failed fsync was writing, and a crash shows the
+        disk), so the next record goes over it, and the log has no hole.
+        """
+        await self.wal.write(self.end, record)
+        if buggify():
+            await anyio.sleep(0.05)  # a slow group commit
+        await self.wal.sync()
+        self.end += len(record)
+
+
 async def open_log(
     ctx: ProcessContext, data: dict[str, tuple[int, bytes]], *, trust_torn: bool
-) -> StorageFile:
-    """Open (or create) the log, replay it, and cut it after its last valid record."""
+) -> Log:
+    """Open (or create) the log, replay it, and make what was replayed durable."""
     storage = ctx.storage
     while True:  # a disk that hangs or fails at boot is tried again: nothing is lost yet
         try:
@@ -159,17 +181,21 @@ async def open_log(
                 wal = await storage.open(WAL)
                 await storage.sync()  # the log's creation is durable only once the store is
                 size = await wal.size()
-                end = replay(await wal.read(0, size), data, trust_torn=trust_torn)
+                log = await wal.read(0, size)
+                end = replay(log, data, trust_torn=trust_torn)
+                # What was replayed may not be durable: the last incarnation may have
+                # stopped before its sync, or its sync failed and the pages were
+                # dropped (they are still read here, from the cache).  Write it again
+                # and sync, before answering "already durable" from it.  (Found by
+                # this simulation: a resend acknowledged from an unsynced record,
+                # then lost in a crash.)  Then cut the torn tail, or records written
+                # after it would never be read.
+                await wal.write(0, log[:end])
                 if end < size:
-                    # Cut the torn tail, or records appended after it would never be read.
                     await wal.truncate(end)
-                # What was replayed may never have been synced (the last incarnation
-                # wrote it, then stopped): sync it before answering "already durable"
-                # from it.  (Found by this simulation: a resend acknowledged from an
-                # unsynced record, then lost in a crash.)
                 await wal.sync()
                 sometimes(end < size, "a server cuts a torn or partly lost log tail at boot")
-                return wal
+                return Log(wal, end)
         except (TimeoutError, StorageError):
             data.clear()
             await anyio.sleep(0.1)
@@ -185,24 +211,22 @@ def kv_server(
 
     async def server(ctx: ProcessContext) -> None:
         data: dict[str, tuple[int, bytes]] = {}
-        wal = await open_log(ctx, data, trust_torn=trust_torn)
+        log = await open_log(ctx, data, trust_torn=trust_torn)
         sometimes(bool(data) and ctx.incarnation > 0, "a rebooted server recovers its data")
-        lock = anyio.Lock()  # one append-and-sync at a time keeps the log in order
+        lock = anyio.Lock()  # one write-and-sync at a time keeps the log in order
 
         async def put(request: ReceivedEnvelope[Any], put: Put) -> bytes | None:
             async with lock:
                 if put.version <= data.get(put.key, (0, b""))[0]:
                     return _encode(Reply(ok=True))  # a resend, or overtaken: already durable
+                record = encode_record(put.key, put.version, put.value)
                 try:
                     with anyio.fail_after(IO_TIMEOUT):
-                        await wal.append(encode_record(put.key, put.version, put.value))
                         if ack_before_sync:
                             data[put.key] = (put.version, put.value)
                             with contextlib.suppress(TransportError):
                                 transport.send_reply(request, _encode(Reply(ok=True)))
-                        if buggify():
-                            await anyio.sleep(0.05)  # a slow group commit
-                        await wal.sync()
+                        await log.write(record)
                 except (TimeoutError, StorageError):
                     # Not durable, maybe not even written: the client does not know
                     # either way, and will write a newer version.
@@ -228,7 +252,7 @@ def kv_server(
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(stop_on_shutdown)
                 await transport.serve(handle)
-        await wal.aclose()
+        await log.wal.aclose()
 
     return server
 
@@ -301,7 +325,7 @@ def _simulation(*, ack_before_sync: bool = False, trust_torn: bool = False) -> S
     server = kv_server(ack_before_sync=ack_before_sync, trust_torn=trust_torn)
     return (
         SimulationBuilder()
-        .set_iteration_control(FixedCount(50))
+        .set_iteration_control(FixedCount(100))
         .enable_buggify()
         .set_chaos(ChaosConfig.default())
         .set_storage_chaos(SLOW_DISK)

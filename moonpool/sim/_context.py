@@ -106,11 +106,12 @@ class WorkloadContext(_Context):
     ) -> bool:
         """Kill process ``name`` now; False if it was not running.
 
-        A ``"crash"`` returns at once; a ``"reboot"`` returns once the process
+        A ``"crash"`` or ``"wipe"`` returns at once; a ``"reboot"`` returns once the process
         is down (it returned, or the grace period ran out and it was killed).
         It stays down until :meth:`restart`, until ``restart_after`` simulated
         seconds have passed, or until the run phase ends -- whichever is first.
-        A ``"crash"`` also cuts short a reboot under way.  Scripted kills are not
+        A ``"wipe"`` is a crash that also empties the process's disk.  A ``"crash"``
+        or ``"wipe"`` also cuts short a reboot under way.  Scripted kills are not
         held back by the attrition's ``max_dead`` (you asked for them), but they
         count towards it: attrition kills no one while ``max_dead`` are down.
         Note that a program blocked with no timer pending is deadlocked even if
@@ -133,7 +134,7 @@ class WorkloadContext(_Context):
         return self._control("is_running").is_running(name)
 
     def kills(self, name: str) -> dict[KillKind, int]:
-        """How often process ``name`` was killed so far this seed, per kind.
+        """How often process ``name`` was killed so far this seed, per kind (every kind).
 
         A test's model of what may be lost reads it: an acknowledged write on a
         process never ``wipe``-d since must still be there.

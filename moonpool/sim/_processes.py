@@ -34,7 +34,7 @@ from moonpool._ground._run import SimRun, derive_random
 from moonpool._ground._timeline import set_current_host
 from moonpool.sim._agenda import Agenda
 from moonpool.sim._attrition import Attrition, AttritionDraws
-from moonpool.sim._context import KillKind, ProcessContext
+from moonpool.sim._context import KILL_KINDS, KillKind, ProcessContext
 from moonpool.sim._exceptions import describe_exception, split_cancellation, violation_in
 from moonpool.sim._report import ProcessEvent
 from moonpool.sim._workload import ProcessSpec
@@ -424,4 +424,5 @@ class Processes:
         return self._host(name).up
 
     def kills(self, name: str) -> dict[KillKind, int]:
-        return dict(self._host(name).kinds)
+        kinds = self._host(name).kinds
+        return {kind: kinds.get(kind, 0) for kind in KILL_KINDS}

@@ -20,9 +20,10 @@ from moonpool.storage._provider import (
     SyncFailed,
 )
 from moonpool.storage._real_storage import RealFile, RealStorage
-from moonpool.storage._sim_storage import SimFile, SimStorage
+from moonpool.storage._sim_storage import MAX_FILE_SIZE, SimFile, SimStorage
 
 __all__ = [
+    "MAX_FILE_SIZE",
     "SECTOR",
     "STORAGE_FAULT_FAMILIES",
     "FileClosedError",

@@ -4,15 +4,17 @@ Crashes are not configured here: what a crash keeps of unsynced writes is the
 disk's nature (see :mod:`moonpool.storage._disk`), and attrition decides when
 processes crash.  This is the rest -- what goes wrong with a disk that is up:
 
-``latency``          every operation takes a sampled time (``sync`` its own, longer)
+``latency``          every operation takes a sampled time (``sync`` its own, longer;
+                     counted as ``storage_latency``)
 ``sync_failure``     ``sync()`` raises ``SyncFailed``; its writes stay unsynced
 ``read_corruption``  a ``read`` returns data with a flipped bit (the disk keeps
                      the right bytes; off by default: turn it on to test checksums)
 ``storage_hang``     an operation never completes (off by default: with it on, an
                      I/O without a timeout becomes a reported deadlock)
 
-Probabilities are per operation (``sync_failure`` per ``sync``,
-``read_corruption`` per ``read``, ``hang`` per operation of any kind).
+Probabilities are per operation (``sync_failure`` per ``sync`` of a file or of
+the store, ``read_corruption`` per ``read``, ``hang`` per operation that goes to
+the disk: all but ``size()`` and ``aclose()``, which never wait).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = ["STORAGE_FAULT_FAMILIES", "StorageChaosConfig"]
 
 #: The names under which storage faults are counted in a report's fault totals.
 STORAGE_FAULT_FAMILIES = (
+    "storage_latency",
     "sync_failure",
     "read_corruption",
     "storage_hang",
@@ -40,8 +43,12 @@ def _check_range(name: str, value: tuple[float, float] | None) -> None:
     if value is None:
         return
     if not (isinstance(value, tuple) and len(value) == 2):
-        raise ValueError(f"StorageChaosConfig.{name} is a (low, high) pair of seconds or None")
+        raise ValueError(
+            f"StorageChaosConfig.{name} is a (low, high) tuple of seconds, or None; got {value!r}"
+        )
     low, high = value
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
+        raise ValueError(f"StorageChaosConfig.{name} needs numbers, got {value!r}")
     # Written so that NaN fails too; an infinite latency is a hang (use ``hang``).
     if not 0 <= low <= high < math.inf:
         raise ValueError(f"StorageChaosConfig.{name} needs finite 0 <= low <= high, got {value!r}")
@@ -67,7 +74,7 @@ class StorageChaosConfig(msgspec.Struct, frozen=True, kw_only=True):
         _check_range("sync_latency", self.sync_latency)
         for name in ("sync_failure", "read_corruption", "hang"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not 0.0 <= value <= 1.0:
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
                 raise ValueError(
                     f"StorageChaosConfig.{name} is a probability within [0, 1], got {value!r}"
                 )

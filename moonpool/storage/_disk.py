@@ -28,6 +28,7 @@ refuse it, and a refused fault is simply not one: the write is kept.
 
 from __future__ import annotations
 
+import errno
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,13 @@ from typing import Literal, final
 from moonpool.storage._provider import SECTOR
 
 __all__ = ["CrashOutcome", "Disk", "Inode"]
+
+#: Unsynced ops an inode holds before the oldest is written back (see ``_dirty``).
+MAX_PENDING_OPS = 4096
+#: Unsynced namespace changes a disk holds before the oldest is committed (ext4
+#: commits its journal every few seconds; this bounds what a crash may undo, and
+#: the memory of the files that renames replaced).
+MAX_JOURNAL = 256
 
 Admit = Callable[[str, str, str], bool]
 """Whether a crash fault happens: (family, file name, text) -> bool."""
@@ -49,34 +57,66 @@ PendingOp = _Write | _Truncate
 class Inode:
     """One file's bytes: durable, current, and the unsynced ops between them."""
 
-    __slots__ = ("current", "durable", "pending")
+    __slots__ = ("current", "dropped", "durable", "pending")
 
     def __init__(self) -> None:
         self.durable = bytearray()
         self.current = bytearray()
         self.pending: list[PendingOp] = []
+        #: A failed sync dropped writes that ``current`` still shows (see fail_sync).
+        self.dropped = False
 
     def write(self, offset: int, data: bytes) -> None:
         if not data:
             return  # like pwrite: writing nothing past the end does not extend the file
         _apply_write(self.current, offset, data)
-        self.pending.append(("write", offset, bytes(data)))
+        self._dirty(("write", offset, bytes(data)))
 
     def truncate(self, size: int) -> None:
         _apply_truncate(self.current, size)
-        self.pending.append(("truncate", size))
+        self._dirty(("truncate", size))
+
+    def _dirty(self, op: PendingOp) -> None:
+        pending = self.pending
+        pending.append(op)
+        # The kernel writes dirty data back on its own, oldest first, and holds only
+        # so much of it: past the bound, the oldest op becomes durable.  (This also
+        # bounds the memory of a program that overwrites a block forever unsynced.)
+        while len(pending) > MAX_PENDING_OPS:
+            _apply(self.durable, pending.pop(0))
 
     def sync(self) -> int:
-        """Make every write so far durable; returns how many ops it covered."""
+        """Make every write so far durable; returns how many ops it covered.
+
+        The pending ops are replayed on the durable image -- not a copy of the
+        current one -- so that a log synced after every append costs its appends,
+        not its size, and writes lost to a failed sync stay lost.
+        """
         covered = len(self.pending)
-        if covered:
-            self.durable = bytearray(self.current)
-            self.pending.clear()
+        for op in self.pending:
+            _apply(self.durable, op)
+        self.pending.clear()
         return covered
+
+    def fail_sync(self) -> int:
+        """A failed ``fsync``, as Linux fails it: the writes it covered are dropped.
+
+        Their pages are marked clean without having reached the disk ("fsyncgate"):
+        this process still reads them, a later sync does not write them, and a
+        crash (or the cache evicting them) shows what the disk had.  Returns how
+        many ops were dropped.
+        """
+        dropped = len(self.pending)
+        self.pending.clear()
+        self.dropped = self.dropped or dropped > 0
+        return dropped
 
     def crash(self, rng: random.Random, admit: Admit, name: str, outcome: CrashOutcome) -> None:
         """Rebuild ``current`` from ``durable`` and a seeded fate for each pending op."""
+        self.dropped, dropped = False, self.dropped
         if not self.pending:
+            if dropped:  # what a failed sync dropped is gone with the cache
+                self.current = bytearray(self.durable)
             return
         image = bytearray(self.durable)
         for op in self.pending:
@@ -133,6 +173,13 @@ def _fate(rng: random.Random, offset: int, size: int) -> tuple[str, int]:
     return "kept", size
 
 
+def _apply(image: bytearray, op: PendingOp) -> None:
+    if op[0] == "write":
+        _apply_write(image, op[1], op[2])
+    else:
+        _apply_truncate(image, op[1])
+
+
 def _apply_write(image: bytearray, offset: int, data: bytes) -> None:
     end = offset + len(data)
     if offset > len(image):
@@ -151,6 +198,23 @@ JournalEntry = tuple[str, str, str | None, Inode]
 """An unsynced namespace change: (kind, name, new name or None, inode)."""
 
 
+def _replay_entry(names: dict[str, Inode], entry: JournalEntry) -> None:
+    kind, name, new, inode = entry
+    if kind == "create":
+        names[name] = inode
+    elif kind == "remove":
+        del names[name]
+    else:
+        assert new is not None
+        names[new] = names.pop(name)
+
+
+def _missing(what: str, name: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        errno.ENOENT, f"cannot {what} {name!r}: no such file in the store", name
+    )
+
+
 @dataclass
 class CrashOutcome:
     """What one crash did to the unsynced state (for the timeline and tests)."""
@@ -161,6 +225,8 @@ class CrashOutcome:
     undone: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
+        if not (self.kept or self.lost or self.torn or self.undone):
+            return "nothing was unsynced"
         parts = [f"{self.kept} unsynced op(s) kept", f"{self.lost} lost", f"{self.torn} torn"]
         if self.undone:
             parts.append(f"undone: {', '.join(self.undone)}")
@@ -184,24 +250,30 @@ class Disk:
         inode = self.names.get(name)
         if inode is None:
             inode = self.names[name] = Inode()
-            self.journal.append(("create", name, None, inode))
+            self._journal(("create", name, None, inode))
         return inode
 
     def remove(self, name: str) -> None:
         inode = self.names.pop(name, None)
         if inode is None:
-            raise FileNotFoundError(f"cannot remove {name!r}: no such file in the store")
-        self.journal.append(("remove", name, None, inode))
+            raise _missing("remove", name)
+        self._journal(("remove", name, None, inode))
 
     def rename(self, old: str, new: str) -> None:
         inode = self.names.get(old)
         if inode is None:
-            raise FileNotFoundError(f"cannot rename {old!r}: no such file in the store")
+            raise _missing("rename", old)
         if old == new:
             return
         del self.names[old]
         self.names[new] = inode
-        self.journal.append(("rename", old, new, inode))
+        self._journal(("rename", old, new, inode))
+
+    def _journal(self, entry: JournalEntry) -> None:
+        journal = self.journal
+        journal.append(entry)
+        while len(journal) > MAX_JOURNAL:  # the file system commits the oldest
+            _replay_entry(self.durable_names, journal.pop(0))
 
     def sync_names(self) -> int:
         """Make every namespace change so far durable; returns how many it covered."""
@@ -231,14 +303,8 @@ class Disk:
                 break
             outcome.undone.append(what)
         names = dict(self.durable_names)
-        for kind, name, new, inode in journal[:keep]:
-            if kind == "create":
-                names[name] = inode
-            elif kind == "remove":
-                del names[name]
-            else:
-                assert new is not None
-                names[new] = names.pop(name)
+        for entry in journal[:keep]:
+            _replay_entry(names, entry)
         # Fate every inode that may still be reached, in name order (deterministic).
         for name in sorted(names):
             names[name].crash(random.Random(f"{files}/{name}"), admit, name, outcome)

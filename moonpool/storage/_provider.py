@@ -33,12 +33,16 @@ Errors, the same from both stores:
 * any call on a closed file raises :class:`FileClosedError`, and any call on a
   store (or a file of it) whose process has crashed raises :class:`StorageDown`;
 * ``remove``/``rename`` of a missing file raise :class:`FileNotFoundError`;
-* a failed ``sync`` raises :class:`SyncFailed`: the writes it was to cover are
-  not durable (a crash may still lose them), and a later successful ``sync``
-  covers them again -- in simulation.  On Linux a failed ``fsync`` may have
-  dropped the dirty pages for good (PostgreSQL's "fsyncgate"), so code that
-  must be correct on a real disk treats ``SyncFailed`` as fatal for the data
-  it covered, or rewrites that data before syncing again.
+* a failed ``sync`` raises :class:`SyncFailed`, and the writes it was to cover
+  are dropped, as Linux drops them (PostgreSQL's "fsyncgate"): the pages are
+  marked clean without reaching the disk, so the process still reads them but
+  no later ``sync`` writes them, and a crash shows what the disk had.  Code
+  that must survive this rewrites what it wrote since its last good sync
+  before syncing again, or treats the file as lost.  A failed ``sync`` of the
+  store leaves its namespace changes unsynced (sync it again);
+* an I/O error of the disk itself (``EIO``, ``ENOSPC``, ``EFBIG``) raises a
+  :class:`StorageError` with its ``errno``; a simulated file may not grow past
+  ``moonpool.storage.MAX_FILE_SIZE`` (it lives in memory);
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from typing import Protocol, Self, final, runtime_checkable
 
 __all__ = [
     "MAX_NAME_BYTES",
+    "MAX_OFFSET",
     "SECTOR",
     "FileClosedError",
     "InvalidFileName",
@@ -126,10 +131,14 @@ def check_name(name: object) -> str:
     return name
 
 
+#: The largest offset or size a store accepts (a signed 64-bit file offset).
+MAX_OFFSET = (1 << 63) - 1
+
+
 def check_offset(what: str, value: object) -> int:
-    """``value`` if it is an int >= 0 (an offset or a size), else ``ValueError``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{what} must be an int >= 0, got {value!r}")
+    """``value`` if it is an int within 0..MAX_OFFSET (an offset or a size), else ``ValueError``."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_OFFSET:
+        raise ValueError(f"{what} must be an int within 0..2**63-1, got {value!r}")
     return value
 
 

@@ -56,6 +56,8 @@ import anyio.to_thread
 
 from moonpool.storage._provider import (
     FileClosedError,
+    InvalidFileName,
+    StorageError,
     SyncFailed,
     check_name,
     check_offset,
@@ -66,7 +68,10 @@ __all__ = ["RealFile", "RealStorage"]
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 
-_FILE_FLAGS: Final = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+# O_NOFOLLOW: a symbolic link in the directory must not lead a name outside it.
+_FILE_FLAGS: Final = (
+    os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+)
 _DIR_FLAGS: Final = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _FILE_MODE: Final = 0o644
 
@@ -81,6 +86,21 @@ async def _in_thread(func: Callable[[Unpack[_Ts]], _T], *args: *_Ts) -> _T:
 
 
 # -- blocking helpers, each run whole in one worker thread --------------------
+
+
+def _not_a_file(name: str, path: Path) -> InvalidFileName | None:
+    """Why ``name`` is not a file of the store although something is there, or None."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    what = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+    return InvalidFileName(
+        f"{name!r} in {str(path.parent)!r} is {what}: a store holds regular files "
+        f"only, and follows no links out of its directory"
+    )
 
 
 def _pread_all(fd: int, offset: int, size: int) -> bytes:
@@ -152,7 +172,7 @@ def _list_files(directory: Path) -> list[str]:
             # is_file() follows symlinks, as open() would; subdirectories, sockets
             # and FIFOs are not files of the store.  A name the store could not
             # address (not UTF-8) is left out too: no call could name it.
-            if not entry.is_file():
+            if not entry.is_file(follow_symlinks=False):
                 continue
             try:
                 names.append(check_name(entry.name))
@@ -164,7 +184,7 @@ def _list_files(directory: Path) -> list[str]:
 
 def _is_file(path: Path) -> bool:
     try:
-        return stat.S_ISREG(os.stat(path).st_mode)
+        return stat.S_ISREG(os.lstat(path).st_mode)
     except FileNotFoundError:
         return False
 
@@ -244,6 +264,9 @@ class RealStorage:
 
         def open_file() -> int:
             self._ensure_directory()
+            refused = _not_a_file(name, path)
+            if refused is not None:
+                raise refused
             return os.open(path, _FILE_FLAGS, _FILE_MODE)
 
         fd = await _in_thread(open_file)
@@ -275,6 +298,9 @@ class RealStorage:
 
         def unlink() -> None:
             self._ensure_directory()
+            refused = _not_a_file(name, path)
+            if refused is not None:
+                raise refused
             os.unlink(path)
 
         await _in_thread(unlink)
@@ -289,6 +315,10 @@ class RealStorage:
 
         def replace() -> None:
             self._ensure_directory()
+            for name, path in ((old, old_path), (new, new_path)):
+                refused = _not_a_file(name, path)
+                if refused is not None:
+                    raise refused
             os.replace(old_path, new_path)
             _fsync_directory(self._directory, f"after renaming {old!r} to {new!r}, which happened")
 
@@ -366,6 +396,12 @@ class RealFile:
         fd = self._enter()
         try:
             return await _in_thread(func, fd, *args)
+        except StorageError:
+            raise
+        except OSError as exc:  # the disk's own error (EIO, ENOSPC, EFBIG): say so
+            raise StorageError(
+                exc.errno, f"I/O error on {str(self._path)!r}: {exc.strerror or exc}"
+            ) from exc
         finally:
             self._leave()
 

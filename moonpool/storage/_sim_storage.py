@@ -24,6 +24,7 @@ would keep.
 
 from __future__ import annotations
 
+import errno
 import random
 from types import TracebackType
 from typing import Self, final
@@ -36,12 +37,16 @@ from moonpool.storage._disk import CrashOutcome, Disk, Inode
 from moonpool.storage._provider import (
     FileClosedError,
     StorageDown,
+    StorageError,
     SyncFailed,
     check_name,
     check_offset,
 )
 
-__all__ = ["SimFile", "SimStorage"]
+__all__ = ["MAX_FILE_SIZE", "SimFile", "SimStorage"]
+
+#: The largest simulated file, in bytes: files live in memory, densely.
+MAX_FILE_SIZE = 1 << 30
 
 
 class _Store:
@@ -77,14 +82,16 @@ class _Store:
     def admit(self, family: str, target: str, text: str) -> bool:
         """Whether a fault the dice chose happens (the run's fault plan may say no)."""
         run = self.run
-        if run is not None and not run.admit_fault(
-            f"{family}/{self.host}:{target}", family, f"{self.host}: {text}", self.host
-        ):
+        name = f"{family}/{self.host}:{_plan_safe(target)}"
+        if run is not None and not run.admit_fault(name, family, f"{self.host}: {text}", self.host):
             return False
-        self.fault_counts[family] = self.fault_counts.get(family, 0) + 1
-        if run is not None:
-            run.faults[family] = run.faults.get(family, 0) + 1
+        self.count(family)
         return True
+
+    def count(self, family: str) -> None:
+        self.fault_counts[family] = self.fault_counts.get(family, 0) + 1
+        if self.run is not None:
+            self.run.faults[family] = self.run.faults.get(family, 0) + 1
 
     def note(self, text: str) -> None:
         if self.run is not None:
@@ -92,7 +99,15 @@ class _Store:
 
     def delay(self, sync: bool) -> float:
         span = self.chaos.sync_latency if sync else self.chaos.latency
-        return self.stream("latency").uniform(*span) if span is not None else 0.0
+        if span is None:
+            return 0.0
+        self.count("storage_latency")
+        return self.stream("latency").uniform(*span)
+
+
+def _plan_safe(text: str) -> str:
+    """``text`` fit for a fault name: a fault plan is split at commas and stripped."""
+    return "".join(f"%{ord(c):02X}" if c in ",%#" or c.isspace() else c for c in text)
 
 
 class _Life:
@@ -222,12 +237,17 @@ class SimStorage:
                 f"its own ProcessContext.storage"
             )
 
-    async def io(self, what: str, *, sync: bool = False) -> None:
-        """An operation's time on the disk: latency, or forever if it hangs."""
+    async def io(self, op: str, target: str, *, sync: bool = False) -> None:
+        """An operation's time on the disk: latency, or forever if it hangs.
+
+        ``op`` names the operation (``write``), ``target`` the file or ``.`` (the
+        store itself), for messages and fault names (``storage_hang/host:write:f``).
+        """
+        what = f"{op} {target}" if target != "." else f"{op} the store"
         self.check_alive(what)
         store = self._store
         if store.chance("hang", store.chaos.hang) is not None and store.admit(
-            "storage_hang", what.split(" ", 1)[-1], f"{what} hangs"
+            "storage_hang", f"{op}:{target}", f"{what} hangs"
         ):
             await trio.sleep_forever()
         delay = store.delay(sync)
@@ -241,32 +261,41 @@ class SimStorage:
 
     async def open(self, name: str) -> SimFile:
         check_name(name)
-        await self.io(f"open {name}")
+        await self.io("open", name)
         inode = self._store.disk.open(name)
         return SimFile(self, name, inode)
 
     async def list(self) -> list[str]:
-        await self.io("list the store")
+        await self.io("list", ".")
         return sorted(self._store.disk.names)
 
     async def exists(self, name: str) -> bool:
         check_name(name)
-        await self.io(f"look up {name}")
+        await self.io("look up", name)
         return name in self._store.disk.names
 
     async def remove(self, name: str) -> None:
         check_name(name)
-        await self.io(f"remove {name}")
+        await self.io("remove", name)
         self._store.disk.remove(name)
 
     async def rename(self, old: str, new: str) -> None:
         check_name(old)
         check_name(new)
-        await self.io(f"rename {old}")
+        await self.io("rename", old)
         self._store.disk.rename(old, new)
 
     async def sync(self) -> None:
-        await self.io("sync the store", sync=True)
+        await self.io("sync", ".", sync=True)
+        store = self._store
+        if store.chance("sync_failure", store.chaos.sync_failure) is not None and store.admit(
+            "sync_failure", ".", "sync of the store failed"
+        ):
+            raise SyncFailed(
+                f"sync of the store on {store.host} failed (simulated I/O error): its "
+                f"{len(store.disk.journal)} unsynced create(s), remove(s) and rename(s) "
+                f"are not durable; sync it again"
+            )
         covered = self._store.disk.sync_names()
         if covered:
             self._store.note(f"store synced: {covered} namespace change(s) durable")
@@ -294,13 +323,17 @@ class SimFile:
 
     def _check(self, what: str) -> None:
         if self._closed:
-            raise FileClosedError(f"cannot {what} {self._name!r}: the file is closed")
+            raise FileClosedError(
+                f"cannot {what} {self._name!r}: the file is closed (open it again with "
+                f"storage.open({self._name!r}))"
+            )
         self._storage.check_alive(f"{what} {self._name}")
 
     async def _io(self, what: str, *, sync: bool = False) -> None:
+        # Closed is checked before only: an operation under way when the file is
+        # closed completes, as on a real file (aclose waits for it there).
         self._check(what)
-        await self._storage.io(f"{what} {self._name}", sync=sync)
-        self._check(what)
+        await self._storage.io(what, self._name, sync=sync)
 
     async def read(self, offset: int, size: int) -> bytes:
         check_offset("offset", offset)
@@ -321,15 +354,25 @@ class SimFile:
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         check_offset("offset", offset)
         payload = _payload(data)
+        self._check_size("write", offset + len(payload) if payload else 0)
         await self._io("write")
         self._inode.write(offset, payload)
 
     async def append(self, data: bytes | bytearray | memoryview) -> int:
         payload = _payload(data)
-        await self._io("append to")
+        await self._io("append")
         offset = len(self._inode.current)
+        self._check_size("append", offset + len(payload))
         self._inode.write(offset, payload)
         return offset
+
+    def _check_size(self, what: str, end: int) -> None:
+        if end > MAX_FILE_SIZE:
+            raise StorageError(
+                errno.EFBIG,
+                f"cannot {what} {self._name!r} up to byte {end}: a simulated file is kept "
+                f"in memory, and may not grow past {MAX_FILE_SIZE} bytes",
+            )
 
     async def size(self) -> int:
         self._check("size")
@@ -339,6 +382,7 @@ class SimFile:
 
     async def truncate(self, size: int) -> None:
         check_offset("size", size)
+        self._check_size("truncate", size)
         await self._io("truncate")
         self._inode.truncate(size)
 
@@ -348,9 +392,12 @@ class SimFile:
         if store.chance("sync_failure", store.chaos.sync_failure) is not None and store.admit(
             "sync_failure", self._name, f"sync of {self._name} failed"
         ):
+            dropped = self._inode.fail_sync()
             raise SyncFailed(
                 f"sync of {self._name!r} on {store.host} failed (simulated I/O error): "
-                f"its {len(self._inode.pending)} unsynced write(s) are not durable"
+                f"its {dropped} unsynced write(s) were dropped, as Linux drops them -- "
+                f"still readable here, they will never reach the disk: write them again "
+                f"before the next sync, or treat the file as lost"
             )
         covered = self._inode.sync()
         if covered:

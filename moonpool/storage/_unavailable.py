@@ -6,6 +6,8 @@ from typing import Any, NoReturn, final
 
 __all__ = ["NO_STORAGE"]
 
+_OPERATIONS = frozenset({"open", "list", "exists", "remove", "rename", "sync"})
+
 
 @final
 class _NoStorage:
@@ -15,7 +17,7 @@ class _NoStorage:
         return "<no storage>"
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
+        if name not in _OPERATIONS:
             raise AttributeError(name)
         return self._missing
 

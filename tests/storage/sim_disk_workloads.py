@@ -24,7 +24,7 @@ from moonpool.sim import (
     WorkloadContext,
     always,
 )
-from moonpool.storage import StorageChaosConfig, StorageFile, SyncFailed
+from moonpool.storage import StorageChaosConfig, StorageFile, StorageProvider, SyncFailed
 
 __all__ = [
     "LOG",
@@ -37,7 +37,8 @@ __all__ = [
     "record",
     "simulation",
     "simulation_builder",
-    "sync_retrying",
+    "sync_store",
+    "write_synced",
 ]
 
 #: The log's file name, the process's name, and one record's size: not a multiple
@@ -57,11 +58,26 @@ def record(index: int) -> bytes:
     return head + body
 
 
-async def sync_retrying(file: StorageFile) -> None:
-    """``file.sync()`` until it succeeds (in simulation a later sync covers the writes again)."""
+async def write_synced(file: StorageFile, offset: int, data: bytes) -> None:
+    """Write ``data`` at ``offset`` and sync it, again until the sync succeeds.
+
+    Written again each time: a failed sync drops the writes it covered (as
+    Linux does), so syncing again alone would not make them durable.
+    """
     while True:
+        await file.write(offset, data)
         try:
             await file.sync()
+        except SyncFailed:
+            continue
+        return
+
+
+async def sync_store(storage: StorageProvider) -> None:
+    """``storage.sync()`` until it succeeds (a failed one leaves the changes unsynced)."""
+    while True:
+        try:
+            await storage.sync()
         except SyncFailed:
             continue
         return
@@ -73,7 +89,7 @@ def log_writer(*, publish_before_sync: bool = False) -> Callable[[ProcessContext
     async def disk(ctx: ProcessContext) -> None:
         storage = ctx.storage
         log = await storage.open(LOG)
-        await storage.sync()  # the log's creation is durable only once the store is synced
+        await sync_store(storage)  # the log's creation is durable only once the store is
         synced: int = ctx.state.get("synced", 0)
         if synced:
             data = await log.read(0, synced * RECORD)
@@ -88,10 +104,10 @@ def log_writer(*, publish_before_sync: bool = False) -> Callable[[ProcessContext
             ctx.state.setdefault("verified", []).append((ctx.incarnation, synced))
         index = synced
         while not ctx.shutdown.is_set():
-            await log.write(index * RECORD, record(index))
             if publish_before_sync:
+                await log.write(index * RECORD, record(index))
                 ctx.state["synced"] = index + 1
-            await sync_retrying(log)
+            await write_synced(log, index * RECORD, record(index))
             ctx.state["synced"] = index + 1
             index += 1
             if ctx.random.random() < 0.5:

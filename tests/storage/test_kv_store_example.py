@@ -24,7 +24,7 @@ KV_REAL = (sys.executable, "examples/kv_store.py", "--real")
 
 def test_the_store_keeps_every_acknowledged_write_through_crashes_and_wipes() -> None:
     example = load_example("kv_store")
-    report = example.simulation().set_iteration_control(FixedCount(30)).set_base_seed(7).run()
+    report = example.simulation().set_iteration_control(FixedCount(40)).set_base_seed(7).run()
     report.assert_success()
     faults = report.fault_totals
     # The simulation really crashed, wiped and rebooted the servers and failed syncs...

@@ -146,9 +146,12 @@ async def test_list_leaves_out_subdirectories_and_unnameable_entries_only(
     fd = os.open(os.fsencode(tmp_path) + b"/\xff", os.O_CREAT | os.O_WRONLY, 0o644)
     os.close(fd)
     store = RealStorage(tmp_path)
-    assert await store.list() == [".hidden", "file.tmp", "link"]
+    # A symbolic link is not a file of the store either: it could lead outside it.
+    assert await store.list() == [".hidden", "file.tmp"]
     assert not await store.exists("subdir"), "a subdirectory is not a file of the store"
-    assert await store.exists("link")
+    assert not await store.exists("link")
+    with pytest.raises(InvalidFileName, match="is a symbolic link"):
+        await store.open("link")
 
 
 async def test_names_cannot_escape_the_directory(tmp_path: Path) -> None:
@@ -306,11 +309,46 @@ async def test_a_leaked_file_is_closed_with_a_resource_warning(tmp_path: Path) -
     gc.collect()
 
 
-async def test_open_of_a_subdirectory_fails(tmp_path: Path) -> None:
+async def test_a_subdirectory_is_not_a_file_of_the_store(tmp_path: Path) -> None:
     await anyio.Path(tmp_path / "dir").mkdir()
     store = RealStorage(tmp_path)
-    with pytest.raises(IsADirectoryError):
-        await store.open("dir")
+    await (await store.open("f")).aclose()
+    for refused in (store.open("dir"), store.remove("dir"), store.rename("dir", "x")):
+        with pytest.raises(InvalidFileName, match="is not a regular file"):
+            await refused
+    with pytest.raises(InvalidFileName, match="is not a regular file"):
+        await store.rename("f", "dir")  # nor may a file replace one
+    assert (tmp_path / "dir").is_dir() and not (tmp_path / "x").exists()
+
+
+async def test_a_dangling_link_cannot_create_a_file_outside_the_store(tmp_path: Path) -> None:
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    (store_dir / "evil").symlink_to(tmp_path / "created-outside")
+    store = RealStorage(store_dir)
+    with pytest.raises(InvalidFileName, match="symbolic link"):
+        await store.open("evil")
+    assert not (tmp_path / "created-outside").exists()
+
+
+async def test_an_io_error_of_the_disk_is_a_storage_error_with_its_errno(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from moonpool.storage import StorageError, _real_storage
+
+    store = RealStorage(tmp_path)
+    file = await store.open("f")
+
+    def no_space(*args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_real_storage.os, "pwrite", no_space)
+    with pytest.raises(StorageError) as caught:
+        await file.write(0, b"data")
+    assert caught.value.errno == errno.ENOSPC and "No space left" in str(caught.value)
+    await file.aclose()
 
 
 async def test_a_cancel_does_not_abandon_a_running_operation(
