@@ -47,7 +47,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Ratio benchmarks against raw baselines measured in the same run."""
-    session.install("-e", ".")
+    session.install("-e", ".[dask]")  # the workers benchmark runs a Dask LocalCluster too
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 

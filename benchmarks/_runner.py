@@ -30,6 +30,7 @@ BENCHMARKS: Final = (
     "sim_network",
     "envelope",
     "sim_ping_pong",
+    "workers",
     "load_balance",
     "real_tcp",
     "fairness",
@@ -40,7 +41,7 @@ DEFAULT_OUTPUT: Final = Path(__file__).resolve().parent / "results" / "latest.js
 SCHEMA_VERSION: Final = 1
 
 # The simulation builder honours these; a stray one would change what we measure.
-_SIM_ENVIRONMENT: Final = ("MOONPOOL_SEED", "MOONPOOL_ITERATIONS")
+_SIM_ENVIRONMENT: Final = ("MOONPOOL_SEED", "MOONPOOL_ITERATIONS", "MOONPOOL_WORKERS")
 
 
 @dataclass(slots=True)

@@ -117,7 +117,8 @@ def op_close():
 def op_pipeline(host, port, clients, requests):
     # RequestResponseEnvelope frames: [u64 LE correlation id][u32 LE length][payload]
     pack = struct.Struct("<QI").pack
-    data = b"".join(pack(n, 1) + b"x" for n in range(requests))
+    # Ids from 1: correlation id 0 is a one-way message (nothing to answer).
+    data = b"".join(pack(n, 1) + b"x" for n in range(1, requests + 1))
     for _ in range(clients):
         sock = connect(host, port)
         sock.sendall(data)  # and never read

@@ -1,8 +1,8 @@
 """The benchmark suite runs end to end and reports what it promises.
 
 Speed is never asserted here (targets are judged by ``python -m benchmarks``
-itself, as ratios): this only runs the envelope benchmark with tiny counts and
-checks the structure of its figures and of the JSON document.
+itself, as ratios): this only runs the envelope and workers benchmarks with tiny
+counts and checks the structure of their figures and of the JSON document.
 """
 
 from __future__ import annotations
@@ -34,6 +34,23 @@ def test_envelope_benchmark_produces_complete_figures() -> None:
         # Every envelope figure has a raw baseline, hence a ratio.
         assert figure.baseline is not None and figure.baseline > 0
         assert figure.ratio == pytest.approx(figure.value / figure.baseline)
+        assert figure.status in ("PASS", "FAIL", "-")
+
+
+def test_workers_benchmark_runs_the_same_seeds_everywhere() -> None:
+    """``workers``: one process, a 2-worker pool and a 2-worker Dask LocalCluster, with
+    tiny counts (a few seconds: the workers and the cluster start for real).  The
+    benchmark itself fails unless every run gave the same seeds and trace hashes."""
+    result = _runner.run_benchmark("workers", TINY)
+
+    assert result.error is None, result.error
+    assert not [note for note in result.outcome.notes if note.startswith("ERROR")]
+    names = [figure.name for figure in result.outcome.figures]
+    assert any("run(workers=2)" in name for name in names)
+    assert any("Dask" in name for name in names)
+    for figure in result.outcome.figures:
+        assert figure.baseline is not None and figure.baseline > 0
+        assert all(math.isfinite(value) and value > 0 for value in figure.samples)
         assert figure.status in ("PASS", "FAIL", "-")
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -105,7 +104,6 @@ class DaskSeeds:
     ) -> Outcomes:
         import distributed
 
-        started = time.perf_counter()
         learned = False
         # Seeds of tasks that died with a worker.  Dask also fails the tasks that
         # were only queued on the dead worker, so each suspect runs again alone on
@@ -149,9 +147,9 @@ class DaskSeeds:
                     raise WorkerSetupError(
                         f"a Dask task of {self._job.target} failed: {type(exc).__name__}: {exc}"
                     ) from exc
-                if not learned:
+                if not learned:  # from the seeds' own wall time, not the task's round trip
                     learned = True
-                    per_seed = (time.perf_counter() - started) / len(batch)
+                    per_seed = max(sum(o.record.wall_time for o in outcomes) / len(batch), 1e-6)
                     self._batch_size = max(1, min(MAX_BATCH, int(BATCH_SECONDS / per_seed)))
                 for (index, _), outcome in zip(batch, outcomes, strict=True):
                     yield index, outcome

@@ -259,16 +259,15 @@ class WorkerPool:
             self._batches += 1
             worker.queued.append((self._batches, batch))
 
-    def _learn(self, started: float, done: int) -> None:
-        if done and self._seed_time is None:
-            self._seed_time = (time.perf_counter() - started) / done
+    def _learn(self, outcome: SeedOutcome) -> None:
+        """Size batches from the first seed's own wall time (not the workers' start-up)."""
+        if self._seed_time is None:
+            self._seed_time = max(outcome.record.wall_time, 1e-6)
             self._batch_size = max(1, min(MAX_BATCH, int(BATCH_SECONDS / self._seed_time)))
 
     def _run(self, seeds: Iterator[int], limit: int | None, ctrl_c: CtrlC) -> Outcomes:
         dispatch = Dispatch(seeds, limit)
-        started = time.perf_counter()
         boot_deadline = time.monotonic() + START_TIMEOUT
-        done = 0
         while True:
             if ctrl_c.stop_requested:
                 raise KeyboardInterrupt
@@ -293,15 +292,13 @@ class WorkerPool:
                         message = worker.connection.recv()
                         outcome = self._receive(worker, message)
                         if outcome is not None:
-                            done += 1
-                            self._learn(started, done)
+                            self._learn(outcome[1])
                             yield outcome
                 except (EOFError, OSError):
                     pass
                 if not worker.process.is_alive() and worker in self._workers:
                     crashed = self._replace(worker, dispatch)
                     if crashed is not None:
-                        done += 1
                         yield crashed
 
     def _receive(self, worker: _Worker, message: tuple[Any, ...]) -> tuple[int, SeedOutcome] | None:
