@@ -19,10 +19,11 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NoReturn
 
 import msgspec
 
+import moonpool
 from moonpool._ground._timeline import KINDS, format_timeline
 from moonpool.sim import (
     FailureRecord,
@@ -78,11 +79,34 @@ class _Progress:
             print(file=sys.stderr)
 
 
+_RUN_EPILOG = """\
+A target names the code that builds the simulation: path/to/file.py[:ATTR] or
+package.module[:ATTR] (importable from the current directory), where ATTR (default
+'simulation') is a SimulationBuilder or a function returning one.
+
+Exit status: 0 every seed passed (and every sometimes/reachable site was reached),
+1 a seed failed or a site was never reached, 2 a usage error, 130 Ctrl-C.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (and exit status 2), not the usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moonpool", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run a simulation and print its report")
-    run.add_argument("target", help="PATH.py[:ATTR], ATTR defaults to 'simulation'")
+    parser = _Parser(prog="python -m moonpool", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"moonpool {moonpool.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = commands.add_parser(
+        "run",
+        help="run a simulation and print its report",
+        epilog=_RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("target", help="PATH.py[:ATTR] or package.module[:ATTR] (see below)")
     run.add_argument("--seed", type=int, action="append", help="replay this seed (repeatable)")
     run.add_argument("--iterations", type=int, help="number of seeds to run")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -140,6 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     database.add_argument("--no-database", action="store_true", help="no failure database")
     args = parser.parse_args(argv)
+    # Like ``python -m moonpool``: the current directory's packages are importable
+    # targets when the ``moonpool`` console script runs too.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
     try:
         builder = load_builder(args.target)

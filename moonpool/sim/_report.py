@@ -8,6 +8,7 @@ from typing import Any, final
 
 import msgspec
 
+import moonpool
 from moonpool._ground._fault_plan import InjectedFault
 from moonpool._ground._timeline import TimelineEvent
 from moonpool.sim._shrink import ShrunkPlan
@@ -20,6 +21,11 @@ __all__ = [
     "SimulationFailed",
     "SimulationReport",
 ]
+
+#: The version of ``SimulationReport.to_json()``'s layout (see there).
+JSON_SCHEMA_VERSION = 1
+#: How many failing seeds a one-line summary names (the rest are counted).
+FAILING_SEEDS_SHOWN = 20
 
 
 @final
@@ -119,7 +125,14 @@ class SimulationInterrupted(KeyboardInterrupt):
     """
 
     def __init__(self, report: SimulationReport) -> None:
-        super().__init__(f"simulation interrupted after {report.iterations} seeds")
+        message = f"simulation interrupted after {report.iterations} seeds"
+        if report.failures:  # what was found so far must not be lost with the run
+            seeds = ", ".join(str(f.seed) for f in report.failures[:FAILING_SEEDS_SHOWN])
+            more = len(report.failures) - FAILING_SEEDS_SHOWN
+            message += f"; {len(report.failures)} failed: {seeds}"
+            message += f" (and {more} more)" if more > 0 else ""
+            message += f"; replay the first: {report.failures[0].replay}"
+        super().__init__(message)
         self.report = report
 
 
@@ -215,6 +228,7 @@ class SimulationReport:
 
     def assert_success(self) -> None:
         """Raise :class:`SimulationFailed` unless every seed passed and no assertion missed."""
+        __tracebackhide__ = True  # pytest shows the test's line, not this one
         if self.ok:
             return
         lines: list[str] = []
@@ -240,8 +254,14 @@ class SimulationReport:
         raise SimulationFailed("\n".join(lines), self)
 
     def to_json(self) -> str:
-        """The whole report as JSON, for tools and regression tracking."""
+        """The whole report as JSON, for tools and regression tracking.
+
+        ``schema_version`` changes when a key is removed or changes meaning (added
+        keys do not change it); ``moonpool_version`` is the version that wrote it.
+        """
         document = {
+            "schema_version": JSON_SCHEMA_VERSION,
+            "moonpool_version": moonpool.__version__,
             "ok": self.ok,
             "interrupted": self.interrupted,
             "stopped_because": self.stopped_because,

@@ -55,6 +55,11 @@ def load_target(target: str) -> SimulationBuilder:
     from moonpool.sim._builder import SimulationBuilder
 
     where, attr = _split(target)
+    if not _is_path(where) and Path(where).is_file():
+        raise TargetError(
+            f"{where} is not a Python file: a target is 'path/to/file.py[:attr]' or "
+            f"'package.module[:attr]'"
+        )
     if _is_path(where):
         path = Path(where)
         if not path.is_file():
