@@ -56,3 +56,14 @@ def bench_versions(session: nox.Session) -> None:
     """Round trips of this checkout against a revision: ``nox -s bench_versions -- REV``."""
     session.install("-e", ".")
     session.run("python", "-m", "benchmarks.versions", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def html(session: nox.Session) -> None:
+    """The HTML report in a real headless Chromium (installs Debian's chromium if missing)."""
+    import shutil
+
+    if shutil.which("chromium") is None:
+        session.run("apt-get", "install", "-y", "-qq", "chromium", external=True)
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/sim/test_html_report.py", "-rs", *session.posargs)

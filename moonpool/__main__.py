@@ -110,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--seed", type=int, action="append", help="replay this seed (repeatable)")
     run.add_argument("--iterations", type=int, help="number of seeds to run")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
+    run.add_argument(
+        "--html", metavar="PATH", help="also write the report as a self-contained HTML page"
+    )
     run.add_argument("--quiet", action="store_true", help="no progress line")
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failing seed")
     run.add_argument("--base-seed", type=int, help="derive the seeds from this (reruns a batch)")
@@ -215,6 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"moonpool: {exc}", file=sys.stderr)
         return 2
     progress.finish()
+    if args.html:
+        try:
+            Path(args.html).write_text(report.to_html(), encoding="utf-8")
+        except OSError as exc:
+            print(f"moonpool: cannot write the HTML report: {exc}", file=sys.stderr)
+            return 2
     try:
         if args.timeline and not args.json:
             _print_timelines(report, args, builder)

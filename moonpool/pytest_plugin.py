@@ -15,6 +15,7 @@
   own key (its node id).
 * ``sim_network``: a :class:`~moonpool.net.SimNetwork` with default chaos for
   single-seed component tests under pytest-trio (use it with ``autojump_clock``).
+* With ``-v``, each simulation a test ran gets one line (seeds, failures, time).
 * A failing simulation test gets a "moonpool" report section with what its
   failure message does not already say: the shrunk fault plan, the failing
   seed's timeline, and how to get them.
@@ -32,7 +33,7 @@ from moonpool._ground._fault_plan import parse_fault_plan
 from moonpool._ground._run import stable_hash
 from moonpool._ground._timeline import format_timeline
 from moonpool.net import ChaosConfig, SimNetwork
-from moonpool.sim import SimulationFailed, _builder
+from moonpool.sim import SimulationFailed, SimulationReport, _builder
 
 OPTION_SEED = "--moonpool-seed"
 OPTION_ITERATIONS = "--moonpool-iterations"
@@ -106,6 +107,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_SimulationLines(config), "moonpool-simulation-lines")
     seed = config.getoption("moonpool_seed")
     iterations = config.getoption("moonpool_iterations")
     if seed is not None:
@@ -144,6 +146,9 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[_builder.ENV_WORKERS] = workers
 
 
+_SUMMARIES = pytest.StashKey[list[str]]()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     saved = _builder.replay_template, _builder.plan_replay_template, _builder.default_name
@@ -151,10 +156,41 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     _builder.replay_template = command
     _builder.plan_replay_template = f"{command} {OPTION_FAULT_PLAN} {{plan}}"
     _builder.default_name = item.nodeid
+    summaries = item.stash.setdefault(_SUMMARIES, [])
+
+    def summarise(report: SimulationReport) -> None:
+        summaries.append(
+            f"{report.iterations} seeds, {len(report.failures)} failed, "
+            f"{report.wall_time:.2f}s ({report.stopped_because})"
+        )
+
+    _builder.report_listeners.append(summarise)
     try:
         yield
     finally:
+        _builder.report_listeners.remove(summarise)
         _builder.replay_template, _builder.plan_replay_template, _builder.default_name = saved
+
+
+class _SimulationLines:
+    """With ``-v``: one line per simulation a test ran, after the test's status.
+
+    Written when the report is logged, outside output capture (a line written by
+    a teardown hook would be captured and lost).
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call" or self.config.get_verbosity() < 1:
+            return
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            return
+        for key, summary in report.user_properties:
+            if key == "moonpool":
+                reporter.write_line(f"    moonpool: {summary}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -162,6 +198,9 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report: pytest.TestReport = yield
+    if call.when == "call":
+        for summary in item.stash.get(_SUMMARIES, []):
+            report.user_properties.append(("moonpool", summary))  # junitxml shows them too
     if call.excinfo is not None and isinstance(call.excinfo.value, SimulationFailed):
         report.sections.append((SECTION, _section(item, call.excinfo.value)))
     return report

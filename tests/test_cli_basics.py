@@ -118,3 +118,26 @@ def test_ctrl_c_keeps_the_failing_seeds_found_so_far() -> None:
     assert str(SimulationInterrupted(report)) == (
         "simulation interrupted after 0 seeds; 1 failed: 7; replay the first: replay 7"
     )
+
+
+def test_pytest_verbose_shows_one_line_per_simulation_and_quiet_shows_none(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_passes="""
+import trio
+from moonpool.sim import SimulationBuilder, FixedCount
+
+async def w(ctx):
+    await trio.sleep(1)
+
+def test_simulation():
+    SimulationBuilder().register_workload("w", w).set_iteration_control(
+        FixedCount(3)).set_database(None).run().assert_success()
+"""
+    )
+    verbose = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v")
+    verbose.assert_outcomes(passed=1)
+    verbose.stdout.fnmatch_lines(["*test_simulation PASSED*", "    moonpool: 3 seeds, 0 failed, *"])
+    quiet = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert "moonpool:" not in quiet.stdout.str()

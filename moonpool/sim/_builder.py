@@ -138,6 +138,9 @@ plan_replay_template: str = "SimulationBuilder().set_seeds([{seed}]).set_fault_p
 #: sets it to the running test's node id).
 default_name: str | None = None
 
+#: Called with every report ``run()`` returns (the pytest plugin's ``-v`` line).
+report_listeners: list[Callable[[SimulationReport], None]] = []
+
 #: How many wall-clock seconds ``--shrink`` searches by default.
 SHRINK_TIME_LIMIT = 60.0
 
@@ -704,7 +707,10 @@ class SimulationBuilder:
                 shrunk, shrink_note = self._shrink_first(failures, ctrl_c)
                 if ctrl_c.stop_requested:
                     raise SimulationInterrupted(report(interrupted=True))
-        return report()
+        final = report()
+        for listener in report_listeners:
+            listener(final)
+        return final
 
     def _shrink_first(
         self, failures: list[FailureRecord], ctrl_c: CtrlC

@@ -253,6 +253,12 @@ class SimulationReport:
             )
         raise SimulationFailed("\n".join(lines), self)
 
+    def to_html(self) -> str:
+        """The report as one self-contained HTML page (CLI ``--html PATH``)."""
+        from moonpool.sim._html_report import render_html
+
+        return render_html(self)
+
     def to_json(self) -> str:
         """The whole report as JSON, for tools and regression tracking.
 
