@@ -24,10 +24,9 @@ from typing import Literal, NoReturn
 import msgspec
 
 import moonpool
+from moonpool._cli_progress import Progress
 from moonpool._ground._timeline import KINDS, format_timeline
 from moonpool.sim import (
-    FailureRecord,
-    RunRecord,
     SimulationBuilder,
     SimulationInterrupted,
     SimulationReport,
@@ -48,35 +47,6 @@ def load_builder(target: str) -> SimulationBuilder:
         return load_target(target)
     except TargetError as exc:
         raise UsageError(str(exc)) from None
-
-
-class _Progress:
-    """A single self-overwriting progress line on stderr."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.interactive = sys.stderr.isatty()
-        self.done = 0
-        self.failed = 0
-
-    def __call__(self, record: RunRecord, failure: FailureRecord | None) -> None:
-        self.done += 1
-        self.failed += failure is not None
-        if not self.enabled:
-            return
-        line = (
-            f"[{self.done}] seed {record.seed} {'ok' if record.ok else 'FAILED'}; "
-            f"{self.done - self.failed} passed, {self.failed} failed"
-        )
-        if self.interactive:
-            print(f"\r{line}   ", end="", file=sys.stderr, flush=True)
-        elif failure is not None or self.done % 100 == 0:
-            # In logs, one line per hundred seeds (and per failure) instead of a flood.
-            print(line, file=sys.stderr, flush=True)
-
-    def finish(self) -> None:
-        if self.enabled and self.interactive and self.done:
-            print(file=sys.stderr)
 
 
 _RUN_EPILOG = """\
@@ -206,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         builder.set_fail_fast()
     if args.base_seed is not None:
         builder.set_base_seed(args.base_seed)
-    progress = _Progress(enabled=not args.quiet)
+    progress = Progress(enabled=not args.quiet, total=builder.planned_iterations)
     builder.set_progress(progress)
     try:
         on_dask = args.dask is not None

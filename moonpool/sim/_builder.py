@@ -504,6 +504,19 @@ class SimulationBuilder:
             replay=self._plan_replay(seed, text),
         )
 
+    @property
+    def planned_iterations(self) -> int | None:
+        """How many seeds :meth:`run` will run, when that is known in advance.
+
+        The seeds given (``set_seeds``), or a ``FixedCount``'s count; None for
+        ``TimeLimit`` and ``UntilAllSometimesReached`` (they stop when they stop).
+        """
+        if self._seeds is not None:
+            return len(self._seeds)
+        if isinstance(self._control, FixedCount):
+            return self._control.count
+        return None
+
     def set_target(self, target: str) -> Self:
         """Name the code that builds this simulation, for worker processes.
 

@@ -14,6 +14,7 @@ from moonpool.sim import (
     ChaosConfig,
     FixedCount,
     SimulationBuilder,
+    UntilAllSometimesReached,
     WorkloadContext,
     always,
     buggify,
@@ -43,6 +44,11 @@ def _builder(workload: object) -> SimulationBuilder:
 
 def chatty() -> SimulationBuilder:
     return _builder(_chatty)
+
+
+def until_covered() -> SimulationBuilder:
+    """As many seeds as it takes to reach every sometimes site (no total known ahead)."""
+    return _builder(_chatty).set_iteration_control(UntilAllSometimesReached(50))
 
 
 async def _crashing(ctx: WorkloadContext) -> None:
