@@ -89,7 +89,7 @@ def test_text_is_escaped() -> None:
 def test_the_cli_writes_it(tmp_path: Path) -> None:
     out = tmp_path / "report.html"
     completed = subprocess.run(
-        [*CLI, "examples/ping_pong.py", "--iterations", "3", "--quiet", "--html", str(out)],
+        [*CLI, "tests/sim/worker_targets.py:chatty", "--seed", "1", "--quiet", "--html", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
