@@ -21,6 +21,7 @@ from typing import Any, Self, final
 
 import anyio
 import anyio.abc
+import sniffio
 import trio
 from anyio.abc import SocketAttribute
 
@@ -627,7 +628,7 @@ class SimNetwork:
     # -- NetworkProvider ------------------------------------------------------------
 
     async def listen(self, address: str) -> SimListener:
-        parsed = parse_address(address)
+        parsed = _parse_on_trio("listen", address)
         await trio.lowlevel.checkpoint()
         self._life.check_alive(f"listen on {address}")
         world = self._world
@@ -644,7 +645,7 @@ class SimNetwork:
         return listener
 
     async def connect(self, address: str) -> SimStream:
-        target = parse_address(address)
+        target = _parse_on_trio("connect", address)
         world, faults = self._world, self._world.faults
         await trio.lowlevel.checkpoint()
         self._life.check_alive(f"connect to {address}")
@@ -704,3 +705,26 @@ class SimNetwork:
             run.note("net", f"connect {local}->{target}", self.host)
         listener._deliver(server)
         return client
+
+
+def _parse_on_trio(method: str, address: str) -> Address:
+    """``parse_address(address)``, after refusing to run outside trio, saying so.
+
+    The simulated network parks and sleeps with trio's primitives; awaited under
+    asyncio, the first of them failed with asyncio's "Task got bad yield", which
+    says nothing about the cause.  Checked in ``connect`` and ``listen`` only:
+    every stream and listener comes from one of them, so the data path pays
+    nothing.  One call, not a line of its own: buggify names a site by its line's
+    offset within its function, and which sites are active for a seed depends on
+    the names, so one more line in ``connect`` would change every seed's run.
+    """
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        library = "an event loop sniffio does not know"
+    if library != "trio":
+        raise RuntimeError(
+            f"SimNetwork.{method}({address!r}) was called under {library}: SimNetwork runs "
+            "on trio (inside a simulation or trio.run); under asyncio use RealNetwork"
+        )
+    return parse_address(address)

@@ -216,7 +216,7 @@ class FrameDecoder(Generic[E]):
         if size > self._max_frame_size:
             error = FrameTooLarge(
                 f"frame header declares {size} bytes, above the maximum frame size of "
-                f"{self._max_frame_size} bytes"
+                f"{self._max_frame_size} bytes (this side's max_frame_size, header included)"
             )
         else:
             error = SerializationError(

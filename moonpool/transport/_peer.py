@@ -36,10 +36,18 @@ from moonpool.net import NetworkProvider
 from moonpool.net._nowait import nonblocking_sender, push_receiver
 from moonpool.transport._errors import SendQueueFull, SerializationError, TransportClosed
 from moonpool.transport._frame_queue import FrameQueue, write_frames
+from moonpool.transport._framing import DEFAULT_MAX_FRAME_SIZE
 
 __all__ = ["Peer", "PeerConfig", "PeerStats"]
 
 log = logging.getLogger("moonpool.transport")
+
+#: A connection lost right after a frame at least this large went out, with no
+#: answer since, is reported with a hint about the remote's ``max_frame_size``:
+#: a server closes the connection on a frame above its limit, and all the client
+#: sees is a reset.  Below that size a lost connection far more often has another
+#: cause (in a simulation, an injected reset), and the hint would mislead.
+SUSPECT_FRAME_SIZE = 64 * 1024
 
 
 @final
@@ -227,6 +235,11 @@ class Peer:
         self._idle = False
         # Closes the current connection as failed (see forget_ended); None between.
         self._abort: Callable[[str], None] | None = None
+        # The largest frame of SUSPECT_FRAME_SIZE or more sent since the remote
+        # last sent anything, and its tag: if the connection now breaks, that frame
+        # may be above the remote's max_frame_size (see _oversize_hint).
+        self._suspect_size = 0
+        self._suspect_tag: int | None = None
         #: For the owner's least-recently-used eviction.
         self.last_used = 0
 
@@ -269,6 +282,8 @@ class Peer:
             raise TransportClosed(f"peer {self.address} is closed")
         self.check_room()
         self._sends += 1
+        if len(frame) >= SUSPECT_FRAME_SIZE and len(frame) > self._suspect_size:
+            self._suspect_size, self._suspect_tag = len(frame), tag
         self._queue.put(frame, write_now=write_now, tag=tag)
 
     def queued_one_way(self) -> int:
@@ -367,8 +382,35 @@ class Peer:
             # not counts as a failure, so a remote that accepts and hangs up at once
             # (or answers garbage) is not reconnected to in a tight loop.
             self._failures = 0 if self._answered else self._failures + 1
+        if self._suspect_size:
+            if connected and self._suspect_tag not in unsent:
+                reason += self._oversize_hint(self._suspect_size)
+            self._suspect_size, self._suspect_tag = 0, None
         log.debug("peer %s: %s", self.address, reason)
         self._on_lost(reason, unsent)
+
+    @staticmethod
+    def _oversize_hint(size: int) -> str:
+        """What to add to the reason a connection broke just after a large frame.
+
+        A server refuses a frame above its ``max_frame_size`` by closing the
+        connection: it cannot answer on a stream it can no longer parse, so the
+        client only sees a reset.  A client whose own limit is higher than the
+        server's sends such frames (its check is against its own limit), and this
+        is the only place that can connect the reset to the frame.
+        """
+        if size > DEFAULT_MAX_FRAME_SIZE:
+            limit = (
+                f"that is above the default max_frame_size of {DEFAULT_MAX_FRAME_SIZE} "
+                f"bytes, and a server with that limit closes the connection on it"
+            )
+        else:
+            limit = f"a server whose max_frame_size is below {size} closes the connection on it"
+        return (
+            f" (right after an unanswered {size}-byte frame, header included: {limit}; "
+            f"give the client and the server the same max_frame_size, "
+            f"or send less at once)"
+        )
 
     async def _connect(self) -> anyio.abc.ByteStream:
         try:
@@ -404,6 +446,7 @@ class Peer:
                     self.stats.stale_chunks += 1  # from a connection already replaced
                     return
                 self.stats.bytes_received += len(data)
+                self._suspect_size = 0  # the remote still talks: it did not refuse the frame
                 self._on_data(data)
                 if not self._answered:  # the first good bytes of this connection
                     self._answered = True
@@ -436,9 +479,7 @@ class Peer:
                 except anyio.EndOfStream:
                     failure.append(f"connection to {self.address} closed by the remote")
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                    failure.append(
-                        f"connection to {self.address} broken: {str(exc) or type(exc).__name__}"
-                    )
+                    failure.append(f"connection to {self.address} broken: {_describe(exc)}")
                 except SerializationError as exc:
                     log.warning("closing connection to %s: %s", self.address, exc)
                     failure.append(f"closed connection to {self.address} after bad input: {exc}")
@@ -456,7 +497,7 @@ class Peer:
             try:
                 await write_frames(stream, self._queue)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                failure.append(f"write to {self.address} failed: {str(exc) or type(exc).__name__}")
+                failure.append(f"write to {self.address} failed: {_describe(exc)}")
             finally:
                 self._queue.sender = None
                 self._abort = None
@@ -499,6 +540,7 @@ class Peer:
                 # out on the next one: the idle close must not lose it.
                 self._queue.sender = None
                 self._idle = True
+                self._suspect_size = 0  # an orderly close: no frame of it was refused
                 stats.idle_closes += 1
                 log.debug("peer %s: closing the connection, idle %ss", self.address, idle_timeout)
                 connection.cancel()
@@ -526,3 +568,14 @@ class Peer:
     def _count_sent(self, frames: int, size: int) -> None:
         self.stats.frames_sent += frames
         self.stats.bytes_sent += size
+
+
+def _describe(exc: BaseException) -> str:
+    """``exc``'s message, or its cause's: anyio raises ``BrokenResourceError``
+    without one, chained to the ``OSError`` that says what happened (a reset)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if text := str(seen):
+            return text
+        seen = seen.__cause__
+    return type(exc).__name__
