@@ -62,7 +62,13 @@ from moonpool.sim import (
     sometimes,
 )
 from moonpool.storage import RealStorage, StorageChaosConfig, StorageError, StorageFile
-from moonpool.transport import ClientTransport, ReceivedEnvelope, ServerTransport, TransportError
+from moonpool.transport import (
+    ClientTransport,
+    ReceivedEnvelope,
+    RequestResponseEnvelope,
+    ServerTransport,
+    TransportError,
+)
 
 SERVERS = 2
 KEYS_PER_CLIENT = 8
@@ -215,7 +221,7 @@ def kv_server(
         sometimes(bool(data) and ctx.incarnation > 0, "a rebooted server recovers its data")
         lock = anyio.Lock()  # one write-and-sync at a time keeps the log in order
 
-        async def put(request: ReceivedEnvelope[Any], put: Put) -> bytes | None:
+        async def put(request: ReceivedEnvelope[RequestResponseEnvelope], put: Put) -> bytes | None:
             async with lock:
                 if put.version <= data.get(put.key, (0, b""))[0]:
                     return _encode(Reply(ok=True))  # a resend, or overtaken: already durable
@@ -234,7 +240,7 @@ def kv_server(
                 data[put.key] = (put.version, put.value)
                 return None if ack_before_sync else _encode(Reply(ok=True))
 
-        async def handle(request: ReceivedEnvelope[Any]) -> bytes | None:
+        async def handle(request: ReceivedEnvelope[RequestResponseEnvelope]) -> bytes | None:
             message = _requests.decode(request.payload)
             if isinstance(message, Get):
                 version, value = data.get(message.key, (0, b""))

@@ -36,6 +36,7 @@ from moonpool.transport import (
     ClientTransport,
     ConnectionFailed,
     ReceivedEnvelope,
+    RequestResponseEnvelope,
     ServerTransport,
     TransportError,
     TransportTimeout,
@@ -58,7 +59,7 @@ def counter_server(*, dedupe: bool) -> Any:
                 await ctx.shutdown.wait()
                 await transport.aclose()
 
-            def handle(request: ReceivedEnvelope[Any]) -> bytes:
+            def handle(request: ReceivedEnvelope[RequestResponseEnvelope]) -> bytes:
                 if request.payload == b"get":
                     return str(state["value"]).encode()
                 if dedupe and request.request_id in answers:

@@ -36,7 +36,6 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -57,6 +56,7 @@ from moonpool.transport import (
     ClientTransport,
     ConnectionFailed,
     ReceivedEnvelope,
+    RequestResponseEnvelope,
     SendQueueFull,
     ServerTransport,
     TransportClosed,
@@ -83,7 +83,7 @@ async def ping_server(ctx: ProcessContext) -> None:
             await ctx.shutdown.wait()
             await server.aclose()
 
-        async def answer(request: ReceivedEnvelope[Any]) -> None:
+        async def answer(request: ReceivedEnvelope[RequestResponseEnvelope]) -> None:
             kind, _, rest = request.payload.partition(b" ")
             always(kind == b"PING", "the server only ever receives pings")
             sometimes(ctx.incarnation > 0, "a rebooted server answers a ping")

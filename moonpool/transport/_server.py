@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Generic, Self, TypeVar, cast, final
+from typing import Any, Final, Generic, Self, TypedDict, TypeVar, Unpack, cast, final, overload
 
 import anyio
 import anyio.abc
@@ -58,6 +58,24 @@ __all__ = ["ReceivedEnvelope", "RequestHandler", "ServerStats", "ServerTransport
 log = logging.getLogger("moonpool.transport")
 
 E = TypeVar("E", bound=Envelope)
+_Other = TypeVar("_Other", bound=Envelope)
+
+
+class ServerLimits(TypedDict, total=False):
+    """The keyword options of :meth:`ServerTransport.bind` (see the class doc)."""
+
+    max_frame_size: int
+    max_connections: int
+    max_pending_requests: int
+    max_pending_request_bytes: int
+    max_queued_replies: int
+    max_queued_reply_bytes: int
+    max_total_reply_bytes: int
+    drain_timeout: float
+    frame_timeout: float | None
+    idle_timeout: float | None
+    max_dead_letters: int
+
 
 #: What :meth:`ServerTransport.serve` calls for each request: returns the reply's
 #: payload, or ``None`` when it replied itself (or means not to reply).
@@ -398,10 +416,39 @@ class ServerTransport(Generic[E]):
         #: Replies that could not be delivered because their client had gone.
         self.dead_letters = DeadLetters(max_dead_letters)
 
+    @overload
     @classmethod
-    def bind(cls, network: NetworkProvider, address: str, **options: Any) -> ServerTransport[Any]:
-        """A server for ``address`` (port 0 picks a free port); it binds on ``async with``."""
-        return cls(network, address, **options)
+    def bind(
+        cls, network: NetworkProvider, address: str, **options: Unpack[ServerLimits]
+    ) -> ServerTransport[RequestResponseEnvelope]: ...
+
+    @overload
+    @classmethod
+    def bind(
+        cls,
+        network: NetworkProvider,
+        address: str,
+        *,
+        envelope: type[_Other],
+        **options: Unpack[ServerLimits],
+    ) -> ServerTransport[_Other]: ...
+
+    @classmethod
+    def bind(
+        cls,
+        network: NetworkProvider,
+        address: str,
+        *,
+        envelope: type[Envelope] = RequestResponseEnvelope,
+        **options: Unpack[ServerLimits],
+    ) -> ServerTransport[Any]:
+        """A server for ``address`` (port 0 picks a free port); it binds on ``async with``.
+
+        Typed by its envelope: ``ServerTransport[RequestResponseEnvelope]`` by
+        default, so that handlers take ``ReceivedEnvelope[RequestResponseEnvelope]``
+        and a user's code type-checks under ``mypy --strict`` without ``Any``.
+        """
+        return ServerTransport(network, address, envelope=envelope, **options)
 
     def __repr__(self) -> str:
         return (
