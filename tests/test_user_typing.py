@@ -8,7 +8,7 @@ import pytest
 
 mypy_api = pytest.importorskip("mypy.api")
 
-USER_CODE = '''
+USER_CODE = """
 from moonpool.sim import ProcessContext, SimulationBuilder, WorkloadContext
 from moonpool.transport import (
     ClientTransport,
@@ -36,7 +36,7 @@ async def client(ctx: WorkloadContext) -> None:
 
 def simulation() -> SimulationBuilder:
     return SimulationBuilder().register_process("server", server).register_workload("c", client)
-'''
+"""
 
 
 def _mypy(tmp_path: Path, code: str) -> tuple[str, int]:
