@@ -19,7 +19,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, NoReturn
+from typing import NoReturn
 
 import msgspec
 
@@ -32,7 +32,7 @@ from moonpool.sim import (
     SimulationReport,
 )
 from moonpool.sim._target import TargetError, load_target
-from moonpool.sim._workers import WorkerSetupError
+from moonpool.sim._workers import WorkerSetupError, worker_count
 
 __all__ = ["load_builder", "main"]
 
@@ -207,18 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if report.ok else 1
 
 
-def _workers(text: str | None) -> int | Literal["auto"] | None:
+def _workers(text: str | None) -> int | None:
     if text is None:
         return None
-    if text == "auto":
-        return "auto"
     try:
-        count = int(text)
+        return worker_count(text)
     except ValueError:
-        count = 0
-    if count < 1:
-        raise UsageError(f"--workers takes a number >= 1 or 'auto', got {text!r}")
-    return count
+        raise UsageError(f"--workers takes a number >= 1 or 'auto', got {text!r}") from None
 
 
 def _run_on_dask(builder: SimulationBuilder, address: str) -> SimulationReport:

@@ -34,6 +34,7 @@ from moonpool._ground._run import stable_hash
 from moonpool._ground._timeline import format_timeline
 from moonpool.net import ChaosConfig, SimNetwork
 from moonpool.sim import SimulationFailed, SimulationReport, _builder
+from moonpool.sim._workers import worker_count
 
 OPTION_SEED = "--moonpool-seed"
 OPTION_ITERATIONS = "--moonpool-iterations"
@@ -141,8 +142,10 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[_builder.ENV_DATABASE] = database
     workers = config.getoption("moonpool_workers")
     if workers is not None:
-        if workers != "auto" and not (workers.isdigit() and int(workers) >= 1):
-            raise pytest.UsageError(f"{OPTION_WORKERS} takes a number >= 1 or 'auto'")
+        try:
+            worker_count(workers)
+        except ValueError:
+            raise pytest.UsageError(f"{OPTION_WORKERS} takes a number >= 1 or 'auto'") from None
         os.environ[_builder.ENV_WORKERS] = workers
 
 

@@ -65,7 +65,7 @@ def test_a_module_target_from_the_current_directory(tmp_path: Path) -> None:
         "from moonpool.sim import SimulationBuilder, FixedCount\n"
         "async def w(ctx):\n    await trio.sleep(1)\n"
         "def simulation():\n"
-        "    return SimulationBuilder().register_workload('w', w)"
+        "    return SimulationBuilder().enable_buggify().register_workload('w', w)"
         ".set_iteration_control(FixedCount(3))\n"
     )
     # The console script, run where the user's package is, finds it like python -m does.
@@ -97,7 +97,7 @@ async def w(ctx):
     raise RuntimeError("bad seed")
 
 def test_simulation():
-    SimulationBuilder().register_workload("w", w).set_iteration_control(
+    SimulationBuilder().enable_buggify().register_workload("w", w).set_iteration_control(
         FixedCount(2)).set_database(None).run().assert_success()
 """
     )
@@ -132,7 +132,7 @@ async def w(ctx):
     await trio.sleep(1)
 
 def test_simulation():
-    SimulationBuilder().register_workload("w", w).set_iteration_control(
+    SimulationBuilder().enable_buggify().register_workload("w", w).set_iteration_control(
         FixedCount(3)).set_database(None).run().assert_success()
 """
     )

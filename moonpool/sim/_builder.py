@@ -43,7 +43,14 @@ from moonpool.sim._report import (
 from moonpool.sim._shrink import ShrinkError, ShrunkPlan, shrink_faults
 from moonpool.sim._target import TargetError, absolute_target
 from moonpool.sim._timeline_diff import first_divergence
-from moonpool.sim._workers import LocalSeeds, Outcomes, SeedSource, WorkerJob, WorkerPool, cpu_count
+from moonpool.sim._workers import (
+    LocalSeeds,
+    Outcomes,
+    SeedSource,
+    WorkerJob,
+    WorkerPool,
+    worker_count,
+)
 from moonpool.sim._workload import Process, ProcessSpec, Workload, WorkloadFunction, WorkloadSpec
 from moonpool.storage._chaos import StorageChaosConfig
 
@@ -775,13 +782,7 @@ class SimulationBuilder:
 
             return DaskSeeds(executor, self._worker_job("run(executor=...)"), self._replay_hint)
         from_environment = workers is None
-        if workers is None:
-            workers = os.environ.get(ENV_WORKERS) or 1  # type: ignore[assignment]
-            if isinstance(workers, str) and workers != "auto":
-                workers = int(workers)
-        count = cpu_count() if workers == "auto" else workers
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"workers must be an int >= 1 or 'auto', got {workers!r}")
+        count = worker_count((os.environ.get(ENV_WORKERS) or 1) if workers is None else workers)
         if count == 1:
             return LocalSeeds(self)
         if self._target is None and from_environment:

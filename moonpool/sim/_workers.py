@@ -46,7 +46,14 @@ if TYPE_CHECKING:
     from moonpool.sim._builder import SimulationBuilder
     from moonpool.sim._interrupt import CtrlC
 
-__all__ = ["LocalSeeds", "SeedSource", "WorkerJob", "WorkerPool", "crashed_outcome"]
+__all__ = [
+    "LocalSeeds",
+    "SeedSource",
+    "WorkerJob",
+    "WorkerPool",
+    "crashed_outcome",
+    "worker_count",
+]
 
 #: The wall time a batch of seeds should take (see the module doc).
 BATCH_SECONDS = 0.1
@@ -357,6 +364,22 @@ def _main_module_hidden() -> Iterator[None]:
     finally:
         if main is not None:
             sys.modules["__main__"] = main
+
+
+def worker_count(value: object) -> int:
+    """How many workers ``value`` asks for: an int >= 1, ``"auto"`` (one per CPU), or
+    either as text (``--workers``, ``MOONPOOL_WORKERS``); ``ValueError`` otherwise.
+
+    The one reading of a worker count, for ``run(workers=)``, the CLI, the pytest
+    option and the environment alike.
+    """
+    if value == "auto":
+        return cpu_count()
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"workers must be an int >= 1 or 'auto', got {value!r}")
+    return value
 
 
 def cpu_count() -> int:

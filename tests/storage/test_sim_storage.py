@@ -8,7 +8,7 @@ import random
 import pytest
 import trio
 
-from moonpool.sim import ChaosConfig, ProcessContext, SimulationBuilder, WorkloadContext
+from moonpool.sim import Attrition, ChaosConfig, ProcessContext, SimulationBuilder, WorkloadContext
 from moonpool.storage import (
     FileClosedError,
     SimStorage,
@@ -197,6 +197,8 @@ def test_storage_latency_is_counted_in_the_report() -> None:
 
     report = (
         SimulationBuilder()
+        .enable_buggify()
+        .set_attrition(Attrition(interval=0.5))
         .set_database(None)
         .register_process("disk", disk)
         .register_workload("idle", idle)
