@@ -1,10 +1,10 @@
-"""Developer sessions: ``nox -s tests chaos real_network lint typecheck bench``."""
+"""Developer sessions: ``nox -s tests chaos real_network lint typecheck docs bench``."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
@@ -45,9 +45,21 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The documentation site, warnings as errors (``-- serve`` to preview it)."""
+    session.install("-e", ".[docs]")
+    session.env["NO_MKDOCS_2_WARNING"] = "1"  # Material's banner about MkDocs 2, not ours
+    if session.posargs == ["serve"]:
+        session.run("mkdocs", "serve")
+    else:
+        session.run("mkdocs", "build", "--strict", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Ratio benchmarks against raw baselines measured in the same run."""
-    session.install("-e", ".[dask]")  # the workers benchmark runs a Dask LocalCluster too
+    # workers runs a Dask LocalCluster too; vs_detangle compares with detangle.
+    session.install("-e", ".[dask,bench]")
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 

@@ -31,6 +31,7 @@ from moonpool.sim import (
     SimulationInterrupted,
     SimulationReport,
 )
+from moonpool.sim._builder import EnvironmentSettingError
 from moonpool.sim._target import TargetError, load_target
 from moonpool.sim._workers import WorkerSetupError, worker_count
 
@@ -67,7 +68,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(prog="python -m moonpool", description=__doc__.split("\n")[0])
+    parser = _Parser(
+        prog="python -m moonpool",
+        description="Deterministic simulation testing for trio programs.",
+        epilog="'python -m moonpool run --help' tells what a target is, the options and the "
+        "exit codes.",
+    )
     parser.add_argument("--version", action="version", version=f"moonpool {moonpool.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = commands.add_parser(
@@ -183,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = _run_on_dask(builder, args.dask) if on_dask else builder.run(workers=workers)
     except SimulationInterrupted as interrupted:
         report = interrupted.report  # what ran before Ctrl-C, then exit like Ctrl-C
-    except (TargetError, WorkerSetupError, ImportError, OSError) as exc:
+    except (TargetError, WorkerSetupError, EnvironmentSettingError, ImportError, OSError) as exc:
         progress.finish()
         print(f"moonpool: {exc}", file=sys.stderr)
         return 2

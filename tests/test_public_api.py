@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +106,68 @@ def test_simulation_names_show_their_public_module() -> None:
 
     for name in ("SimulationFailed", "SimulationReport", "ProcessContext", "Attrition"):
         assert getattr(moonpool.sim, name).__module__ == "moonpool.sim"
+
+
+@pytest.mark.parametrize(
+    "package", ["moonpool.sim", "moonpool.net", "moonpool.transport", "moonpool.storage"]
+)
+def test_every_export_shows_a_public_module_that_gives_it_back(package: str) -> None:
+    """Tracebacks and pytest's summary say moonpool.transport.TransportTimeout, not
+    moonpool.transport._errors.TransportTimeout (msgspec structs whose field types
+    only their own module knows are the documented exception)."""
+    import types
+
+    import msgspec
+
+    module = importlib.import_module(package)
+    checked = 0
+    for name in module.__all__:
+        value = getattr(module, name)
+        if not isinstance(value, type | types.FunctionType) or value.__name__ != name:
+            continue
+        if not value.__module__.startswith("moonpool."):
+            continue
+        is_struct = isinstance(value, type) and issubclass(value, msgspec.Struct)
+        if is_struct and "._" in value.__module__:
+            continue
+        checked += 1
+        assert "._" not in value.__module__, (name, value.__module__)
+        home = importlib.import_module(value.__module__)
+        assert getattr(home, value.__qualname__) is value, (name, value.__module__)
+    assert checked >= 10
+
+
+def test_a_transport_error_is_shown_by_its_public_name() -> None:
+    from moonpool.transport import TransportTimeout
+
+    assert repr(TransportTimeout("late")).startswith("TransportTimeout(")
+    assert f"{TransportTimeout.__module__}.{TransportTimeout.__qualname__}" == (
+        "moonpool.transport.TransportTimeout"
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "wanted"),
+    [
+        ("MOONPOOL_SEED", "12,abc", "seeds such as 12,34"),
+        ("MOONPOOL_ITERATIONS", "many", "a count such as 100"),
+        ("MOONPOOL_SHRINK", "1m", "seconds such as 60"),
+    ],
+)
+def test_a_bad_environment_variable_is_named_in_a_one_line_error(
+    variable: str, value: str, wanted: str, tmp_path: Path
+) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "ping_pong.py"
+    done = subprocess.run(
+        [sys.executable, "-m", "moonpool", "run", str(example)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, variable: value},
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"moonpool: {variable}={value!r} in the environment: expected {wanted}"
+    ]

@@ -1,5 +1,6 @@
 """Network providers: the in-memory simulated network and real TCP."""
 
+from moonpool._ground._public import publish
 from moonpool.net._address import Address, InvalidAddress, parse_address
 from moonpool.net._chaos import FAULT_FAMILIES, ChaosConfig, LatencyConfig
 from moonpool.net._provider import AddressInUse, Listener, NetworkProvider
@@ -21,3 +22,7 @@ __all__ = [
     "SimStream",
     "parse_address",
 ]
+
+# Tracebacks, reprs and the API reference show the public names
+# (moonpool.net.X), not the private modules the objects happen to live in.
+publish(__name__, globals(), __all__)

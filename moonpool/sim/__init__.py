@@ -10,6 +10,7 @@ and the same seed always replays the same run.
 
 from moonpool._ground._buggify import buggify, buggify_with_prob
 from moonpool._ground._fault_plan import InjectedFault
+from moonpool._ground._public import publish
 from moonpool._ground._run import in_simulation
 from moonpool._ground._run import sim_random as random
 from moonpool._ground._timeline import TimelineEvent
@@ -91,13 +92,6 @@ __all__ = [
     "unreachable",
 ]
 
-# Tracebacks and reprs show the public names (moonpool.sim.SimulationFailed), not
-# the private modules the classes happen to live in.
-for _cls in (
-    Attrition, AssertionSummary, AssertionViolation, FailureRecord, FixedCount, ProcessContext,
-    ProcessEvent, RunRecord, SimulationBuilder, SimulationFailed, SimulationInterrupted,
-    SimulationReport, TargetError, TimeLimit, UntilAllSometimesReached, WorkerSetupError, Workload,
-    WorkloadContext,
-):  # fmt: skip
-    _cls.__module__ = __name__
-del _cls
+# Tracebacks, reprs and the API reference show the public names
+# (moonpool.sim.X), not the private modules the objects happen to live in.
+publish(__name__, globals(), __all__)

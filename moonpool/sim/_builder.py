@@ -8,12 +8,13 @@ import os
 import random
 import re
 import shlex
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Self, final
+from typing import Any, Literal, Self, TypeVar, final
 
 import msgspec
 
@@ -554,10 +555,14 @@ class SimulationBuilder:
     def _apply_environment(self) -> None:
         seed = os.environ.get(ENV_SEED)
         if seed and self._seeds is None:
-            self.set_seeds([int(part) for part in seed.split(",")])
+            self.set_seeds(
+                _environment_numbers(ENV_SEED, seed, int, "seeds such as 12,34", many=True)
+            )
         iterations = os.environ.get(ENV_ITERATIONS)
         if iterations and self._seeds is None:
-            self.override_iterations(int(iterations))
+            self.override_iterations(
+                _environment_numbers(ENV_ITERATIONS, iterations, int, "a count such as 100")[0]
+            )
         plan = os.environ.get(ENV_FAULT_PLAN)
         if plan and self._fault_plan is None:
             self.set_fault_plan(plan)
@@ -565,7 +570,8 @@ class SimulationBuilder:
             self.record_timeline()
         shrink = os.environ.get(ENV_SHRINK)
         if shrink and self._shrink_limit is None:
-            self.set_shrink(time_limit=float(shrink))
+            limit = _environment_numbers(ENV_SHRINK, shrink, float, "seconds such as 60")[0]
+            self.set_shrink(time_limit=limit)
 
     def _seed_stream(self, base: int, saved: Sequence[int] = ()) -> Iterator[int]:
         if self._seeds is not None:
@@ -888,9 +894,38 @@ def _plainly_not_async(fn: object) -> bool:
     )
 
 
+_Number = TypeVar("_Number", int, float)
+
+
+class EnvironmentSettingError(ValueError):
+    """A ``MOONPOOL_*`` environment variable the builder cannot read."""
+
+
+def _environment_numbers(
+    variable: str, text: str, kind: Callable[[str], _Number], wanted: str, *, many: bool = False
+) -> list[_Number]:
+    """The number (or, with ``many``, the comma-separated numbers) of an environment
+    variable; an error naming the variable, not int()'s "invalid literal"."""
+    parts = text.split(",") if many else [text]
+    try:
+        return [kind(part) for part in parts]
+    except ValueError:
+        message = f"{variable}={text!r} in the environment: expected {wanted}"
+        raise EnvironmentSettingError(message) from None
+
+
 def _qualified(fn: object) -> str:
+    """Where ``fn`` is defined: its module's file (or name) and its qualified name.
+
+    The file, not the module name: a target file is loaded under a name of its
+    own (``_target.load_target``), and the same function imported as
+    ``sweep.client`` and loaded from ``sweep.py`` is the same code.
+    """
     module = getattr(fn, "__module__", None) or "?"
-    return f"{module}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+    name = getattr(fn, "__qualname__", type(fn).__qualname__)
+    file = getattr(sys.modules.get(module), "__file__", None)
+    where = str(Path(file).resolve()) if file else module
+    return f"{where}:{name}"
 
 
 def _signature(result: IterationResult) -> tuple[str, str]:

@@ -8,6 +8,7 @@ in simulation and on a real disk alike.  The durability contract is in
 :mod:`moonpool.storage._provider`'s docstring, and in the README.
 """
 
+from moonpool._ground._public import publish
 from moonpool.storage._chaos import STORAGE_FAULT_FAMILIES, StorageChaosConfig
 from moonpool.storage._provider import (
     SECTOR,
@@ -40,9 +41,6 @@ __all__ = [
     "SyncFailed",
 ]
 
-for _cls in (
-    FileClosedError, InvalidFileName, RealFile, RealStorage, SimFile, SimStorage,
-    StorageChaosConfig, StorageDown, StorageError, StorageFile, StorageProvider, SyncFailed,
-):  # fmt: skip
-    _cls.__module__ = __name__
-del _cls
+# Tracebacks, reprs and the API reference show the public names
+# (moonpool.storage.X), not the private modules the objects happen to live in.
+publish(__name__, globals(), __all__)

@@ -1,5 +1,6 @@
 """The request/response transport: envelopes, the Sans-I/O protocol, peers, clients, servers."""
 
+from moonpool._ground._public import publish
 from moonpool.transport._checked_envelope import (
     CheckedEnvelope,
     CheckedEnvelopeSerializer,
@@ -93,3 +94,7 @@ __all__ = [
     "TransportStats",
     "TransportTimeout",
 ]
+
+# Tracebacks, reprs and the API reference show the public names
+# (moonpool.transport.X), not the private modules the objects happen to live in.
+publish(__name__, globals(), __all__)

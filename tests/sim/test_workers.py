@@ -137,6 +137,18 @@ def test_a_target_that_builds_something_else_is_a_clear_error() -> None:
         builder.set_seeds([1, 2, 3]).run(workers=2)
 
 
+def test_a_builder_from_an_imported_module_may_name_its_file_as_target() -> None:
+    """``from sweep import simulation`` then ``set_target("sweep.py:simulation")``: the
+    same functions, though the file is loaded under another module name (the docs'
+    seeds-across-cores page found this refused)."""
+    from tests.sim import worker_targets
+
+    builder = worker_targets.chatty().set_database(None).set_target(_target("chatty"))
+    report = builder.set_seeds([1, 2, 3]).run(workers=2)
+    report.assert_success()
+    assert [run.seed for run in report.runs] == [1, 2, 3]
+
+
 def test_settings_changed_after_the_target_travel_to_the_workers() -> None:
     def settled() -> SimulationBuilder:  # the target settles for 5 s; this, for 1 s
         return _builder(_target("chatty")).set_settle_time(1.0).set_seeds([5, 6, 7])
