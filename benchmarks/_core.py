@@ -14,6 +14,7 @@ unrecorded runs; each sample is an amount of work divided by the
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,17 +29,25 @@ __all__ = [
     "BenchmarkError",
     "Figure",
     "Outcome",
+    "Pinning",
     "Settings",
     "calibrate",
     "compare_async",
     "compare_calibrated",
     "compare_many_async",
     "compare_sync",
+    "interleave_sync",
     "median",
+    "pin_child",
+    "pin_process",
+    "pinning",
+    "release",
+    "repin",
     "repeat_async",
     "rate",
     "repeat_sync",
     "settle",
+    "unpin",
 ]
 
 Details = dict[str, Any]
@@ -82,7 +91,7 @@ class Settings:
 
 
 FULL: Final = Settings()
-QUICK: Final = Settings(scale=0.08, repeats=3, warmup=1, quick=True)
+QUICK: Final = Settings(scale=0.03, repeats=2, warmup=0, quick=True)
 
 
 def median(values: Sequence[float]) -> float:
@@ -117,21 +126,41 @@ class Figure:
         return median(self.baseline_samples) if self.baseline_samples else None
 
     @property
-    def ratio(self) -> float | None:
+    def round_ratios(self) -> list[float]:
+        """Each moonpool sample over the baseline sample of the same round (samples
+        are paired by position: every comparison keeps them in round order); empty
+        when the two lists cannot be paired."""
+        if not self.baseline_samples or len(self.samples) != len(self.baseline_samples):
+            return []
+        if any(value == 0 for value in self.baseline_samples):
+            return []
+        return [c / b for c, b in zip(self.samples, self.baseline_samples, strict=True)]
+
+    @property
+    def ratio_of_medians(self) -> float | None:
         baseline = self.baseline
         if baseline is None or baseline == 0:
             return None
         return self.value / baseline
 
     @property
+    def ratio(self) -> float | None:
+        """The judged ratio: the median of the per-round ratios (each moonpool sample
+        over the baseline sample taken next to it, so load that drifts during the
+        run falls on both), or the ratio of the medians when the samples do not
+        pair up."""
+        ratios = self.round_ratios
+        return median(ratios) if ratios else self.ratio_of_medians
+
+    @property
     def paired_ratio(self) -> float | None:
-        """Median of per-round ratios (each moonpool sample over the baseline sample
-        taken right next to it): less sensitive to load that drifts during the run."""
-        if not self.baseline_samples or len(self.samples) != len(self.baseline_samples):
-            return None
-        if any(value == 0 for value in self.baseline_samples):
-            return None
-        return median([c / b for c, b in zip(self.samples, self.baseline_samples, strict=True)])
+        """Median of per-round ratios, or None when the samples do not pair up."""
+        ratios = self.round_ratios
+        return median(ratios) if ratios else None
+
+    @property
+    def ratio_statistic(self) -> str:
+        return "median of per-round ratios" if self.round_ratios else "ratio of medians"
 
     @property
     def status(self) -> str:
@@ -151,7 +180,16 @@ class Figure:
             "baseline_name": self.baseline_name,
             "baseline": self.baseline,
             "baseline_samples": self.baseline_samples,
+            "samples_min": min(self.samples) if self.samples else None,
+            "samples_max": max(self.samples) if self.samples else None,
+            "baseline_min": min(self.baseline_samples) if self.baseline_samples else None,
+            "baseline_max": max(self.baseline_samples) if self.baseline_samples else None,
             "ratio": self.ratio,
+            "ratio_statistic": self.ratio_statistic,
+            "round_ratios": self.round_ratios,
+            "ratio_min": min(self.round_ratios) if self.round_ratios else None,
+            "ratio_max": max(self.round_ratios) if self.round_ratios else None,
+            "ratio_of_medians": self.ratio_of_medians,
             "paired_ratio": self.paired_ratio,
             "target": self.target,
             "target_kind": None
@@ -211,6 +249,27 @@ def compare_sync(
             if index >= settings.warmup:
                 into.append(value)
     return cand, base
+
+
+def interleave_sync(
+    samplers: Sequence[Callable[[], float]], settings: Settings
+) -> list[list[float]]:
+    """Several sides (a baseline and one or more candidates), every one once per
+    round, the order reversing from round to round; the first ``warmup`` rounds are
+    dropped.  Sample ``i`` of every side comes from round ``i``, so each
+    candidate's samples pair with a shared baseline's round by round."""
+    kept: list[list[float]] = [[] for _ in samplers]
+    gc.collect()
+    for index in range(settings.rounds):
+        order = list(zip(samplers, kept, strict=True))
+        if index % 2:
+            order.reverse()
+        for sample, into in order:
+            _settle()
+            value = sample()
+            if index >= settings.warmup:
+                into.append(value)
+    return kept
 
 
 async def repeat_async(sample: Callable[[], Awaitable[float]], settings: Settings) -> list[float]:
@@ -305,3 +364,123 @@ async def settle(
     await anyio.sleep(idle)
     if not condition():
         raise BenchmarkError(f"lost condition: {what}")
+
+
+# -- CPU pinning -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Pinning:
+    """Which CPU the benchmark process runs on, and its child processes.
+
+    ``cpu`` is None when the process could not be pinned (no
+    ``os.sched_setaffinity`` on this platform, or the call was refused); then
+    nothing is pinned and ``note`` says why.  With a single usable CPU the
+    children share it.
+    """
+
+    cpu: int | None = None
+    child_cpu: int | None = None
+    available: tuple[int, ...] = ()
+    note: str = "not pinned"
+    active: bool = False  # False while a benchmark runs unpinned (``PINNED = False``)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cpu": self.cpu,
+            "child_cpu": self.child_cpu,
+            "available": list(self.available),
+            "note": self.note,
+        }
+
+
+_PINNING = Pinning()
+
+
+def pinning() -> Pinning:
+    """The process's current pinning (set by :func:`pin_process`)."""
+    return _PINNING
+
+
+def _set_affinity_all_threads(cpus: set[int]) -> None:
+    """``sched_setaffinity`` of pid 0 only moves the calling thread (Linux); move
+    every thread of the process, so that a thread started earlier (a thread pool,
+    a library's I/O thread) does not stay on another CPU."""
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]
+    for tid in threads:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except (ProcessLookupError, PermissionError):
+            continue  # a thread that has just ended, or one we may not move
+
+
+def pin_process() -> Pinning:
+    """Pin this process to one CPU (the highest-numbered it may use: CPU 0 tends to
+    take more of the machine's interrupts); child processes go to the lowest other
+    one.  Falls back to running unpinned, with a note saying why."""
+    global _PINNING
+    getter = getattr(os, "sched_getaffinity", None)
+    setter = getattr(os, "sched_setaffinity", None)
+    if getter is None or setter is None:
+        _PINNING = Pinning(note="not pinned: os.sched_setaffinity is not available here")
+        return _PINNING
+    try:
+        available = tuple(sorted(getter(0)))
+    except OSError as exc:
+        _PINNING = Pinning(note=f"not pinned: sched_getaffinity failed ({exc})")
+        return _PINNING
+    cpu = available[-1]
+    child = available[0] if len(available) > 1 else cpu
+    try:
+        _set_affinity_all_threads({cpu})
+    except OSError as exc:
+        _PINNING = Pinning(available=available, note=f"not pinned: sched_setaffinity ({exc})")
+        return _PINNING
+    shared = " (the only CPU this process may use: children share it)" if child == cpu else ""
+    _PINNING = Pinning(
+        cpu=cpu,
+        child_cpu=child,
+        available=available,
+        note=f"pinned to CPU {cpu}, child processes to CPU {child}{shared}",
+        active=True,
+    )
+    return _PINNING
+
+
+def unpin() -> None:
+    """Let the process use every CPU it could at start (for a benchmark that needs
+    them all, such as worker processes); :func:`repin` undoes it."""
+    if _PINNING.cpu is not None and _PINNING.active:
+        _set_affinity_all_threads(set(_PINNING.available))
+        _PINNING.active = False
+
+
+def repin() -> None:
+    if _PINNING.cpu is not None and not _PINNING.active:
+        _set_affinity_all_threads({_PINNING.cpu})
+        _PINNING.active = True
+
+
+def release() -> None:
+    """Back to the affinity the process had before :func:`pin_process` (the runner
+    calls it when done: ``main()`` may run inside another program, a test)."""
+    global _PINNING
+    if _PINNING.cpu is not None:
+        _set_affinity_all_threads(set(_PINNING.available))
+    _PINNING = Pinning(available=_PINNING.available, note="released")
+
+
+def pin_child(pid: int) -> int | None:
+    """Move a child process (its main thread, before it starts any other) to the
+    children's CPU; the CPU, or None if nothing is pinned (or it has gone)."""
+    cpu = _PINNING.child_cpu
+    if cpu is None or not _PINNING.active:
+        return None
+    try:
+        os.sched_setaffinity(pid, {cpu})
+    except OSError:
+        return None
+    return cpu

@@ -20,12 +20,25 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Final
 
-from benchmarks._core import FULL, QUICK, Figure, Outcome, Settings
+from benchmarks._core import (
+    FULL,
+    QUICK,
+    Figure,
+    Outcome,
+    Settings,
+    pin_process,
+    pinning,
+    release,
+    repin,
+    unpin,
+)
 
 __all__ = ["BENCHMARKS", "main", "run_benchmark"]
 
 #: Module names under ``benchmarks``, in the order they run.
 BENCHMARKS: Final = (
+    "sim_echo",
+    "vs_detangle",
     "sim_overhead",
     "sim_network",
     "envelope",
@@ -33,6 +46,8 @@ BENCHMARKS: Final = (
     "workers",
     "load_balance",
     "real_tcp",
+    "many_connections",
+    "rpc_libraries",
     "fairness",
     "memory",
 )
@@ -40,8 +55,20 @@ BENCHMARKS: Final = (
 DEFAULT_OUTPUT: Final = Path(__file__).resolve().parent / "results" / "latest.json"
 SCHEMA_VERSION: Final = 1
 
-# The simulation builder honours these; a stray one would change what we measure.
-_SIM_ENVIRONMENT: Final = ("MOONPOOL_SEED", "MOONPOOL_ITERATIONS", "MOONPOOL_WORKERS")
+# The simulation builder honours these (and detangle its own, over what the code
+# asks for); a stray one would change what we measure.
+_SIM_ENVIRONMENT: Final = (
+    "MOONPOOL_SEED",
+    "MOONPOOL_ITERATIONS",
+    "MOONPOOL_WORKERS",
+    "DETANGLE_RUNS",
+    "DETANGLE_STRATEGY",
+    "DETANGLE_SEED",
+    "DETANGLE_MAX_DURATION",
+    "DETANGLE_REPLAY",
+    "DETANGLE_DATABASE",
+    "DETANGLE_SHRINK",
+)
 
 
 @dataclass(slots=True)
@@ -52,11 +79,13 @@ class BenchmarkResult:
     duration: float = 0.0
     error: str | None = None
     error_summary: str | None = None
+    cpus: list[int] | None = None  # the CPUs it ran on (None: not known)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "description": self.description,
+            "cpus": self.cpus,
             "duration_s": self.duration,
             "error": self.error,
             "error_summary": self.error_summary,
@@ -70,9 +99,17 @@ def load(name: str) -> ModuleType:
 
 
 def run_benchmark(name: str, settings: Settings) -> BenchmarkResult:
-    """Run one benchmark module; an exception becomes the result's ``error``."""
+    """Run one benchmark module; an exception becomes the result's ``error``.
+
+    A module with ``PINNED = False`` (one that needs every core, such as worker
+    processes) runs with the process's original CPU affinity; the others on the
+    CPU :func:`benchmarks._core.pin_process` chose, if any."""
     module = load(name)
     result = BenchmarkResult(name, str(getattr(module, "DESCRIPTION", "")))
+    pinned = bool(getattr(module, "PINNED", True))
+    if not pinned:
+        unpin()
+    result.cpus = _affinity()
     started = time.perf_counter()
     try:
         outcome = module.run(settings)
@@ -86,8 +123,33 @@ def run_benchmark(name: str, settings: Settings) -> BenchmarkResult:
             result.error = result.error_summary = (
                 f"benchmarks.{name}.run returned {type(outcome).__name__}, not an Outcome"
             )
+    finally:
+        if not pinned:
+            repin()
     result.duration = time.perf_counter() - started
     return result
+
+
+def _affinity() -> list[int] | None:
+    getter = getattr(os, "sched_getaffinity", None)
+    if getter is None:
+        return None
+    try:
+        return sorted(getter(0))
+    except OSError:
+        return None
+
+
+def load_average() -> list[float] | None:
+    """``os.getloadavg()`` (1, 5 and 15 minutes), or None where it does not exist."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def format_load(load: Sequence[float] | None) -> str:
+    return "unknown" if load is None else " ".join(f"{value:.2f}" for value in load)
 
 
 def _summarize(exc: BaseException) -> str:
@@ -119,9 +181,33 @@ def human(value: float | None, unit: str) -> str:
     return f"{value:.3g} {unit}"
 
 
+def compact(value: float) -> str:
+    """A number in 3-4 characters with an SI prefix: ``4.1k``, ``0.707``, ``1.2M``."""
+    if math.isnan(value):
+        return "-"
+    for factor, prefix in _PREFIXES:
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{prefix}"
+    return f"{value:.3g}"
+
+
+def span(values: Sequence[float]) -> str:
+    """``min-max`` of samples, compact; "" for fewer than two."""
+    if len(values) < 2:
+        return ""
+    return f"{compact(min(values))}-{compact(max(values))}"
+
+
 def format_ratio(figure: Figure) -> str:
     ratio = figure.ratio
     return "-" if ratio is None else f"{ratio:.3g}x"
+
+
+def ratio_span(figure: Figure) -> str:
+    ratios = figure.round_ratios
+    if len(ratios) < 2:
+        return ""
+    return f"{min(ratios):.3g}-{max(ratios):.3g}"
 
 
 def format_target(figure: Figure) -> str:
@@ -130,13 +216,29 @@ def format_target(figure: Figure) -> str:
     return f"{'>=' if figure.higher_is_better else '<='}{figure.target:.2f}x"
 
 
+TABLE_HEADER: Final = (
+    "benchmark",
+    "figure",
+    "moonpool",
+    "min-max",
+    "baseline",
+    "min-max",
+    "ratio",
+    "rounds min-max",
+    "target",
+    "status",
+)
+
+
 def render_table(results: Sequence[BenchmarkResult]) -> str:
-    header = ("benchmark", "figure", "moonpool", "baseline", "ratio", "target", "status")
+    """One row per figure: moonpool's median and the min-max of its samples, the
+    baseline's, the ratio (median of the per-round ratios) and their min-max."""
+    header = TABLE_HEADER
     rows: list[tuple[str, ...]] = []
     for result in results:
         if result.error is not None:
             summary = result.error_summary or "see notes"
-            rows.append((result.name, f"ERROR: {summary}", "", "", "", "", "ERROR"))
+            rows.append((result.name, f"ERROR: {summary}", *[""] * 7, "ERROR"))
             continue
         for figure in result.outcome.figures:
             rows.append(
@@ -144,14 +246,17 @@ def render_table(results: Sequence[BenchmarkResult]) -> str:
                     result.name,
                     figure.name,
                     human(figure.value, figure.unit),
+                    span(figure.samples),
                     human(figure.baseline, figure.unit),
+                    span(figure.baseline_samples),
                     format_ratio(figure),
+                    ratio_span(figure),
                     format_target(figure),
                     figure.status,
                 )
             )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    numeric = {2, 3, 4}
+    numeric = {2, 3, 4, 5, 6, 7}
 
     def line(row: Sequence[str]) -> str:
         cells = [
@@ -173,7 +278,8 @@ def render_table(results: Sequence[BenchmarkResult]) -> str:
 def render_notes(results: Sequence[BenchmarkResult]) -> str:
     lines: list[str] = []
     for result in results:
-        lines.append(f"[{result.name}] {result.description} ({result.duration:.1f}s)")
+        cpus = "" if result.cpus is None else f", CPU {','.join(map(str, result.cpus))}"
+        lines.append(f"[{result.name}] {result.description} ({result.duration:.1f}s{cpus})")
         lines.extend(f"  - {note}" for note in result.outcome.notes)
         if result.error is not None:
             lines.extend(f"  ! {text}" for text in result.error.rstrip().splitlines())
@@ -226,7 +332,11 @@ def environment() -> dict[str, Any]:
 
 
 def document(
-    results: Sequence[BenchmarkResult], settings: Settings, argv: Sequence[str], duration: float
+    results: Sequence[BenchmarkResult],
+    settings: Settings,
+    argv: Sequence[str],
+    duration: float,
+    load: dict[str, list[float] | None] | None = None,
 ) -> dict[str, Any]:
     figures = [figure for result in results for figure in result.outcome.figures]
     judged = [figure for figure in figures if figure.status != "-"]
@@ -240,8 +350,11 @@ def document(
             "repeats": settings.repeats,
             "warmup": settings.warmup,
             "statistic": "median",
+            "ratio_statistic": "median of per-round ratios (ratio of medians if unpaired)",
         },
         **environment(),
+        "pinning": pinning().to_json(),
+        "load_average": load or {"start": None, "end": None},
         "duration_s": duration,
         "summary": {
             "figures": len(figures),
@@ -301,6 +414,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    try:
+        return _main(args, argv)
+    finally:
+        release()  # the caller (a test, say) gets its CPUs back
+
+
+def _main(args: argparse.Namespace, argv: list[str]) -> int:
     settings = QUICK if args.quick else FULL
     if args.repeats is not None:
         settings = Settings(
@@ -311,11 +431,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"note: ignoring {variable} for the benchmarks", file=sys.stderr)
 
     mode = "quick" if settings.quick else "full"
+    load_start = load_average()
+    pinned = pin_process()
     print(
-        f"moonpool benchmarks ({mode}: median of {settings.repeats} after {settings.warmup} "
-        f"warm-up; ratio = moonpool / baseline)",
+        f"moonpool benchmarks ({mode}: median of {settings.repeats} interleaved rounds after "
+        f"{settings.warmup} warm-up; ratio = moonpool / baseline, the median of the per-round "
+        "ratios)",
         flush=True,
     )
+    print(f"  {pinned.note}; load average at start {format_load(load_start)}", flush=True)
     started = time.perf_counter()
     results: list[BenchmarkResult] = []
     for name in args.names:
@@ -325,12 +449,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f" {status} in {result.duration:.1f}s", flush=True)
         results.append(result)
     duration = time.perf_counter() - started
+    load_end = load_average()
 
     print()
+    print(
+        f"{pinned.note}; load average (1, 5, 15 min) at start {format_load(load_start)}, "
+        f"at end {format_load(load_end)}; {os.cpu_count()} CPUs"
+    )
     print(render_table(results))
     print()
     print(render_notes(results))
-    doc = document(results, settings, argv, duration)
+    doc = document(results, settings, argv, duration, {"start": load_start, "end": load_end})
     summary = doc["summary"]
     print()
     print(

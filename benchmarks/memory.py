@@ -42,7 +42,7 @@ import anyio.abc
 import trio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from benchmarks._core import BenchmarkError, Figure, Outcome, Settings, settle
+from benchmarks._core import BenchmarkError, Figure, Outcome, Settings, pin_child, settle
 from moonpool.net import RealNetwork
 from moonpool.transport import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -307,6 +307,7 @@ async def attacker(fds: int) -> AsyncIterator[Attacker]:
     command = [sys.executable, "-c", _ATTACKER_SCRIPT, str(fds)]
     process = await anyio.open_process(command, stderr=None)
     try:
+        pin_child(process.pid)  # off the server's CPU, when there is another
         child = Attacker(process)
         await child.ready()
         yield child
@@ -556,7 +557,7 @@ async def _measure(settings: Settings) -> tuple[list[Figure], list[str]]:
     fds = _fd_limit(3 * limit + FD_MARGIN)
     if fds < 2 * limit + FD_MARGIN:  # the child needs 2 x limit, the server limit + a few
         limit = max(PROBE_CONNECTIONS, (fds - FD_MARGIN) // 2)
-    samples = settings.repeats
+    samples = 1 if settings.quick else settings.repeats  # --quick: a smoke test
     readers: list[ReaderSample] = []
     floods: list[FloodSample] = []
     bombs: list[BombSample] = []

@@ -164,7 +164,7 @@ async def _main(settings: Settings) -> list[Figure]:
     total = bulk_chunks * BULK_CHUNK
     figures.append(
         Figure(
-            f"bulk {total >> 20} MiB in 64 KiB writes: bytes/s",
+            f"bulk {_size(total)} in 64 KiB writes: bytes/s",
             "B/s",
             [value * BULK_CHUNK for value in cand],
             [value * BULK_CHUNK for value in base],
@@ -173,6 +173,10 @@ async def _main(settings: Settings) -> list[Figure]:
         )
     )
     return figures
+
+
+def _size(total: int) -> str:
+    return f"{total >> 20} MiB" if total >= 1 << 20 else f"{total >> 10} KiB"
 
 
 def run(settings: Settings) -> Outcome:

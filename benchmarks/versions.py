@@ -47,15 +47,19 @@ def _child(labels: list[str]) -> None:
 
     async def measure(backend: str) -> dict[str, float]:
         medians: dict[str, float] = {}
-        async with real_tcp.moonpool() as client:
-            for scenario in (s for s in wanted if s.backend == backend):
-                sample = real_tcp._sample(client, scenario, scenario.requests)
-                await sample()
-                values = []
-                for _ in range(SAMPLES):
-                    gc.collect(0)
-                    values.append(await sample())
-                medians[scenario.label] = statistics.median(values)
+        for server in ("serve", "async for"):
+            scenarios = [s for s in wanted if s.backend == backend and s.server == server]
+            if not scenarios:
+                continue
+            async with real_tcp.moonpool(server) as client:
+                for scenario in scenarios:
+                    sample = real_tcp._sample(client, scenario, scenario.requests)
+                    await sample()
+                    values = []
+                    for _ in range(SAMPLES):
+                        gc.collect(0)
+                        values.append(await sample())
+                    medians[scenario.label] = statistics.median(values)
         return medians
 
     result: dict[str, float] = {}
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         base, this = runs["base"][label], runs["this"][label]
         change = statistics.median(this) / statistics.median(base) - 1
         print(
-            f"  {label:34s} {statistics.median(base):9.0f} [{min(base):.0f}-{max(base):.0f}]"
+            f"  {label:48s} {statistics.median(base):9.0f} [{min(base):.0f}-{max(base):.0f}]"
             f"  {statistics.median(this):9.0f} [{min(this):.0f}-{max(this):.0f}]  {change:+.1%}"
         )
     return 0

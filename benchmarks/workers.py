@@ -55,6 +55,9 @@ from moonpool.sim._target import load_target
 
 NAME: Final = "workers"
 DESCRIPTION: Final = "run(workers=2) and a 2-worker Dask LocalCluster vs one process (seeds/s)"
+#: The workers need every core: this benchmark runs with the process's original
+#: CPU affinity (the runner pins every other benchmark to one CPU).
+PINNED: Final = False
 
 EXAMPLE: Final = Path(__file__).resolve().parent.parent / "examples" / "ping_pong.py"
 PING_PONG: Final = f"{EXAMPLE}:simulation"
@@ -357,7 +360,9 @@ def run(settings: Settings) -> Outcome:
     trivial_seeds = settings.count(2000, minimum=40)
     warm_ping = settings.count(20, minimum=WORKERS)
     warm_trivial = settings.count(100, minimum=10)
-    rounds = settings.repeats
+    # Every round spawns worker pools and a Dask cluster (seconds each): --quick,
+    # a smoke test, does one round.
+    rounds = 1 if settings.quick else settings.repeats
     dask = _DaskRounds()
     try:
         import distributed  # noqa: F401

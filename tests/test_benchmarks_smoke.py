@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import statistics
 from pathlib import Path
 
 import pytest
@@ -31,9 +33,13 @@ def test_envelope_benchmark_produces_complete_figures() -> None:
         assert figure.name and figure.unit
         assert len(figure.samples) >= TINY.repeats
         assert all(math.isfinite(value) and value > 0 for value in figure.samples)
-        # Every envelope figure has a raw baseline, hence a ratio.
+        # Every envelope figure has a raw baseline, hence a ratio: the median of the
+        # per-round ratios (each sample over the baseline sample of its round).
         assert figure.baseline is not None and figure.baseline > 0
-        assert figure.ratio == pytest.approx(figure.value / figure.baseline)
+        assert figure.round_ratios == pytest.approx(
+            [c / b for c, b in zip(figure.samples, figure.baseline_samples, strict=True)]
+        )
+        assert figure.ratio == pytest.approx(statistics.median(figure.round_ratios))
         assert figure.status in ("PASS", "FAIL", "-")
 
 
@@ -60,14 +66,22 @@ def test_command_line_writes_table_and_json(
     monkeypatch.setattr(_runner, "QUICK", TINY)
     output = tmp_path / "out" / "results.json"
 
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+
     status = _runner.main(["--quick", "--only", "envelope", "--output", str(output)])
 
     assert status == 0
     table = capsys.readouterr().out
     assert "envelope" in table and "ratio" in table
+    assert "rounds min-max" in table and "load average" in table
     document = json.loads(output.read_text())
     assert document["schema"] == _runner.SCHEMA_VERSION
     assert set(document["versions"]) >= {"python", "trio", "anyio", "msgspec"}
+    assert set(document["pinning"]) >= {"cpu", "child_cpu", "available", "note"}
+    assert set(document["load_average"]) == {"start", "end"}
+    # The run pins the process to one CPU, and gives the caller its CPUs back.
+    if affinity is not None:
+        assert os.sched_getaffinity(0) == affinity
     assert document["settings"]["quick"] is True
     assert document["summary"]["errors"] == []
     assert list(document["benchmarks"]) == ["envelope"]
@@ -81,6 +95,11 @@ def test_command_line_writes_table_and_json(
             "samples",
             "baseline",
             "ratio",
+            "round_ratios",
+            "ratio_min",
+            "ratio_max",
+            "samples_min",
+            "samples_max",
             "target",
             "status",
         }
