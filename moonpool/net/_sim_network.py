@@ -50,6 +50,7 @@ class _Direction:
         "in_flight",
         "last_arrival",
         "readable",
+        "reader_deadline",
         "writable",
     )
 
@@ -61,7 +62,21 @@ class _Direction:
         self.eof_at: float | None = None
         self.broken = False
         self.readable = trio.lowlevel.ParkingLot()
+        # The cancel scope the parked reader (at most one: a second is a
+        # BusyResourceError) waits under, so that bytes arriving later move its
+        # deadline instead of waking it early to park again (a task step saved
+        # per delivery).
+        self.reader_deadline: trio.CancelScope | None = None
         self.writable = trio.lowlevel.ParkingLot()
+
+    def arrived(self, arrival: float, now: float) -> None:
+        """Bytes (or the end) will be readable at ``arrival``: wake the reader then."""
+        scope = self.reader_deadline
+        if scope is not None and arrival > now:
+            if arrival < scope.deadline:
+                scope.deadline = arrival
+        else:
+            self.readable.unpark_all()
 
     def wake_all(self) -> None:
         self.readable.unpark_all()
@@ -197,6 +212,7 @@ class SimStream(anyio.abc.ByteStream):
 
     async def _receive(self, max_bytes: int) -> bytes:
         direction = self._in
+        waited = False
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
@@ -206,16 +222,25 @@ class SimStream(anyio.abc.ByteStream):
             chunks = direction.chunks
             if chunks and chunks[0][0] <= now:
                 data = self._take_ready(now, max_bytes)
-                # The bytes are already taken: a cancellation here would lose them, so
-                # yield without being cancellable (trio's checkpoint convention).
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                if not waited:
+                    # Every receive yields once (trio's checkpoint convention); a wait
+                    # above already did.  The bytes are taken: a cancellation here
+                    # would lose them, so the yield is not cancellable -- as trio's
+                    # own sockets do it.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return data
             if not chunks and direction.eof_at is not None and direction.eof_at <= now:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                if not waited:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 raise anyio.EndOfStream
             wake_at = chunks[0][0] if chunks else (direction.eof_at or math.inf)
-            with trio.move_on_at(wake_at):
-                await direction.readable.park()
+            with trio.move_on_at(wake_at) as deadline:
+                direction.reader_deadline = deadline
+                try:
+                    await direction.readable.park()
+                finally:
+                    direction.reader_deadline = None
+            waited = True
 
     def _take_ready(self, now: float, max_bytes: int) -> bytes:
         """Coalesce every due chunk (up to ``max_bytes``), as a kernel buffer would."""
@@ -349,7 +374,7 @@ class SimStream(anyio.abc.ByteStream):
         direction.last_arrival = arrival
         direction.chunks.append((arrival, world.faults.maybe_flip_bit(data, src, dst, offset)))
         direction.in_flight += len(data)
-        direction.readable.unpark_all()
+        direction.arrived(arrival, now)
 
     async def send_eof(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -371,7 +396,7 @@ class SimStream(anyio.abc.ByteStream):
         direction.eof_at = max(
             now + latency, direction.last_arrival, direction.clogged_until, blocked_until or 0.0
         )
-        direction.readable.unpark_all()
+        direction.arrived(direction.eof_at, now)
 
     async def aclose(self) -> None:
         self._close_now()

@@ -541,6 +541,52 @@ async def test_fixed_latency_is_exact_by_default(autojump_clock: trio.testing.Mo
         assert trio.current_time() - sent_at == pytest.approx(0.1)
 
 
+class _StepsOf(trio.abc.Instrument):
+    """Counts the task steps of one task (by name)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith(self.name):
+            self.steps += 1
+
+
+@pytest.mark.trio
+async def test_a_waiting_reader_is_woken_once_when_its_bytes_arrive(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Event-driven delivery: bytes sent with latency move the parked reader's deadline
+    instead of waking it at once to park again, and a receive that waited does not
+    yield a second time -- one task step per delivered read, at its arrival time."""
+    net = SimNetwork(seed=19, chaos=fixed_latency(0.1))
+    client, server, _ = await connected_pair(net)
+    got: list[tuple[float, bytes]] = []
+
+    async def reader() -> None:
+        for _ in range(3):
+            data = await server.receive()
+            got.append((trio.current_time(), data))
+
+    steps = _StepsOf("reader")
+    trio.lowlevel.add_instrument(steps)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader, name="reader")
+            await trio.testing.wait_all_tasks_blocked()
+            start = trio.current_time()
+            for message in (b"one", b"two", b"six"):
+                await client.send(message)
+                await trio.sleep(0.5)
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert [data for _, data in got] == [b"one", b"two", b"six"]
+    assert [round(at - start, 6) for at, _ in got] == [0.1, 0.6, 1.1]
+    # The first step starts the task and parks it; then one step per message.
+    assert steps.steps == 1 + 3, steps.steps
+
+
 # -- faults, family by family --------------------------------------------------------
 
 

@@ -89,7 +89,12 @@ async def test_a_client_limit_above_the_servers_names_the_frame_and_the_limit(
         with pytest.raises(MaybeDelivered) as lost:
             await client.try_get_reply(SERVER, payload)
         message = str(lost.value)
-        assert "was reset" in message
+        # The server closes the connection on the oversize frame: the client sees it
+        # either as a reset (its writes of the frame break) or as the remote's close
+        # (its reader gets the FIN first) -- a race real TCP has too (trio's
+        # scheduler, unseeded outside a simulation, picks one).  Either way the
+        # message must name the frame and the limit:
+        assert "was reset" in message or "closed by the remote" in message
         assert f"right after an unanswered {DEFAULT_MAX_FRAME_SIZE + HEADER}-byte frame" in message
         assert f"above the default max_frame_size of {DEFAULT_MAX_FRAME_SIZE} bytes" in message
         assert "give the client and the server the same max_frame_size" in message
