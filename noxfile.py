@@ -53,6 +53,7 @@ def docs(session: nox.Session) -> None:
         session.run("mkdocs", "serve")
     else:
         session.run("mkdocs", "build", "--strict", *session.posargs)
+        session.run("python", "docs/check_reference.py", "site")
 
 
 @nox.session(python=PYTHON)

@@ -9,10 +9,20 @@ the obvious competent code: a ``bytearray``, an offset and one precompiled
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from typing import Final
 
-__all__ = ["HEADER", "HEADER_SIZE", "RECEIVE_SIZE", "FrameBuffer", "frame", "frames", "payload"]
+__all__ = [
+    "HEADER",
+    "HEADER_SIZE",
+    "RECEIVE_SIZE",
+    "FrameBuffer",
+    "asyncio_echo_handler",
+    "frame",
+    "frames",
+    "payload",
+]
 
 HEADER: Final = struct.Struct("<QI")
 HEADER_SIZE: Final = HEADER.size
@@ -76,3 +86,18 @@ def frames(first_id: int, count: int, body: bytes) -> bytes:
 def payload(size: int) -> bytes:
     """``size`` bytes of a recognisable pattern (every benchmark echoes the same)."""
     return (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
+async def asyncio_echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The raw asyncio echo server of every asyncio baseline: each frame sent back."""
+    buffer = FrameBuffer()
+    try:
+        while data := await reader.read(RECEIVE_SIZE):
+            replies = buffer.echo(data)
+            if replies:
+                writer.write(replies)
+                await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()

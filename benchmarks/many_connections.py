@@ -33,7 +33,14 @@ from typing import Any, Final
 import anyio
 
 from benchmarks._core import Figure, Outcome, Settings, compare_many_async, rate
-from benchmarks._frames import HEADER, RECEIVE_SIZE, FrameBuffer, frames, payload
+from benchmarks._frames import (
+    HEADER,
+    RECEIVE_SIZE,
+    FrameBuffer,
+    asyncio_echo_handler,
+    frames,
+    payload,
+)
 from moonpool.net import RealNetwork
 from moonpool.transport import ClientTransport, ReceivedEnvelope, ServerTransport
 
@@ -63,20 +70,6 @@ def _round(count: int) -> int:
 
 
 # -- raw asyncio --------------------------------------------------------------------
-
-
-async def _echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    buffer = FrameBuffer()
-    try:
-        while data := await reader.read(RECEIVE_SIZE):
-            replies = buffer.echo(data)
-            if replies:
-                writer.write(replies)
-                await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
 
 
 class RawConnection:
@@ -139,7 +132,7 @@ class RawConnection:
 
 @asynccontextmanager
 async def raw_connections(count: int) -> AsyncIterator[list[RawConnection]]:
-    server = await asyncio.start_server(_echo_handler, HOST, 0, backlog=OPEN_BATCH * 2)
+    server = await asyncio.start_server(asyncio_echo_handler, HOST, 0, backlog=OPEN_BATCH * 2)
     port = server.sockets[0].getsockname()[1]
     connections: list[RawConnection] = []
     try:

@@ -57,7 +57,15 @@ from benchmarks._core import (
     rate,
     settle,
 )
-from benchmarks._frames import HEADER, HEADER_SIZE, RECEIVE_SIZE, FrameBuffer, frames, payload
+from benchmarks._frames import (
+    HEADER,
+    HEADER_SIZE,
+    RECEIVE_SIZE,
+    FrameBuffer,
+    asyncio_echo_handler,
+    frames,
+    payload,
+)
 from moonpool.net import RealNetwork
 from moonpool.transport import (
     ClientTransport,
@@ -346,20 +354,6 @@ async def raw_trio() -> AsyncIterator[RawClient]:
 # -- raw asyncio -------------------------------------------------------------------
 
 
-async def _asyncio_echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    buffer = FrameBuffer()
-    try:
-        while data := await reader.read(RECEIVE_SIZE):
-            replies = buffer.echo(data)
-            if replies:
-                writer.write(replies)
-                await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
-
-
 class RawAsyncioClient:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
@@ -500,7 +494,7 @@ class RawAsyncioClient:
 
 @asynccontextmanager
 async def raw_asyncio() -> AsyncIterator[RawClient]:
-    server = await asyncio.start_server(_asyncio_echo_handler, HOST, 0)
+    server = await asyncio.start_server(asyncio_echo_handler, HOST, 0)
     port = server.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection(HOST, port)
     try:

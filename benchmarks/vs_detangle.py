@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from benchmarks._core import BenchmarkError, Figure, Outcome, Settings, interleave_sync, median
-from benchmarks._frames import HEADER, RECEIVE_SIZE, FrameBuffer, payload
+from benchmarks._frames import HEADER, RECEIVE_SIZE, FrameBuffer, asyncio_echo_handler, payload
 from benchmarks.sim_echo import BASE_SEED, PAYLOAD_SIZE, Tally, check, simulation
 from moonpool.sim import SimulationReport
 
@@ -69,20 +69,8 @@ def _detangle() -> Any:
 # -- the detangle side ---------------------------------------------------------------
 
 
-async def _handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    buffer = FrameBuffer()
-    try:
-        while data := await reader.read(RECEIVE_SIZE):
-            replies = buffer.echo(data)
-            if replies:
-                writer.write(replies)
-                await writer.drain()
-    finally:
-        writer.close()
-
-
 async def _server(ready: asyncio.Event) -> None:
-    server = await asyncio.start_server(_handler, SERVER_HOST, PORT)
+    server = await asyncio.start_server(asyncio_echo_handler, SERVER_HOST, PORT)
     ready.set()
     async with server:
         await server.serve_forever()

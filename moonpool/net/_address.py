@@ -20,6 +20,8 @@ class InvalidAddress(ValueError):
 
 
 class Address(NamedTuple):
+    """A parsed ``host:port`` (:func:`parse_address`); ``str()`` gives it back."""
+
     host: str
     port: int
 

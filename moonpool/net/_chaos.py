@@ -38,6 +38,8 @@ FAULT_FAMILIES = (
     "clog",
     "bit_flip",
 )
+"""The network's fault families, as ``ChaosConfig.enabled_families()`` and a report's
+fault totals name them (``ChaosConfig.without()`` takes these names)."""
 
 
 class LatencyConfig(msgspec.Struct, frozen=True, kw_only=True):

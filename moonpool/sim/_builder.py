@@ -104,6 +104,7 @@ class UntilAllSometimesReached:
 
 
 IterationControl = FixedCount | TimeLimit | UntilAllSometimesReached
+"""How many seeds a simulation runs: ``set_iteration_control`` takes one of these."""
 
 #: Environment variables read by the builder, so that CI and the CLI can steer
 #: simulations that tests construct themselves.

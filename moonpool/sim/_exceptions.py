@@ -8,11 +8,58 @@ keep the cancellation (which must propagate for trio to unwind).
 
 from __future__ import annotations
 
+import os
+import traceback
+
 import trio
 
+from moonpool.sim import _assertions
 from moonpool.sim._assertions import AssertionViolation
 
-__all__ = ["SeedAbandoned", "describe_exception", "split_cancellation", "violation_in"]
+__all__ = [
+    "SeedAbandoned",
+    "describe_exception",
+    "split_cancellation",
+    "user_traceback",
+    "violation_in",
+]
+
+# The runtime's own frames around every failure -- the phase that called the
+# workload or process, the assertion that raised -- say nothing about the user's
+# bug; pytest and hypothesis hide theirs too.  The network's and transport's
+# frames stay: a failure inside them is worth seeing.
+_HIDDEN_FILES = frozenset(
+    os.path.normcase(os.path.abspath(path))
+    for path in (
+        _assertions.__file__,
+        os.path.join(os.path.dirname(_assertions.__file__), "_iteration.py"),
+        os.path.join(os.path.dirname(_assertions.__file__), "_processes.py"),
+    )
+)
+
+
+def user_traceback(exc: BaseException) -> str:
+    """``exc`` formatted as ``traceback.format_exception`` does, without the frames of
+    the simulation runtime that merely carried it (see ``_HIDDEN_FILES``)."""
+    shown = traceback.TracebackException.from_exception(exc)
+    _hide_runtime_frames(shown, set())
+    return "".join(shown.format())
+
+
+def _hide_runtime_frames(shown: traceback.TracebackException, seen: set[int]) -> None:
+    if id(shown) in seen:
+        return
+    seen.add(id(shown))
+    shown.stack = traceback.StackSummary.from_list(
+        [
+            frame
+            for frame in shown.stack
+            if os.path.normcase(os.path.abspath(frame.filename)) not in _HIDDEN_FILES
+        ]
+    )
+    for linked in (shown.__cause__, shown.__context__, *(shown.exceptions or ())):
+        if linked is not None:
+            _hide_runtime_frames(linked, seen)
 
 
 class SeedAbandoned(BaseException):

@@ -39,7 +39,12 @@ from moonpool._ground._run import (
 from moonpool._ground._timeline import TimelineEvent, set_current_host
 from moonpool.sim._attrition import Attrition
 from moonpool.sim._context import WorkloadContext
-from moonpool.sim._exceptions import describe_exception, split_cancellation, violation_in
+from moonpool.sim._exceptions import (
+    describe_exception,
+    split_cancellation,
+    user_traceback,
+    violation_in,
+)
 from moonpool.sim._guards import NondeterministicCall, determinism_guards
 from moonpool.sim._interrupt import CtrlC
 from moonpool.sim._logs import captured_logs
@@ -223,7 +228,7 @@ class _Lifecycle:
                     supervisor.fail(
                         "workload_error",
                         f"workload {spec.name!r}: creating it raised {describe_exception(exc)}",
-                        traceback.format_exc(),
+                        user_traceback(exc),
                     )
                     return
                 workloads.append((spec, instance, ctx))
@@ -288,12 +293,12 @@ class _Lifecycle:
                 where = f"workload {spec.name!r} ({phase})"
                 violation = violation_in(error)
                 if violation is not None:
-                    supervisor.fail("assertion", f"{where}: {violation}", traceback.format_exc())
+                    supervisor.fail("assertion", f"{where}: {violation}", user_traceback(exc))
                 else:
                     supervisor.fail(
                         "workload_error",
                         f"{where} raised {describe_exception(error)}",
-                        traceback.format_exc(),
+                        user_traceback(exc),
                     )
             if cancellation is not None:
                 raise cancellation from None

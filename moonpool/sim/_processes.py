@@ -23,7 +23,6 @@ the seed: a server whose accept loop died would be down forever in production.
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Protocol
 
@@ -35,7 +34,12 @@ from moonpool._ground._timeline import set_current_host
 from moonpool.sim._agenda import Agenda
 from moonpool.sim._attrition import Attrition, AttritionDraws
 from moonpool.sim._context import KILL_KINDS, KillKind, ProcessContext
-from moonpool.sim._exceptions import describe_exception, split_cancellation, violation_in
+from moonpool.sim._exceptions import (
+    describe_exception,
+    split_cancellation,
+    user_traceback,
+    violation_in,
+)
 from moonpool.sim._report import ProcessEvent
 from moonpool.sim._workload import ProcessSpec
 from moonpool.storage._chaos import StorageChaosConfig
@@ -147,14 +151,12 @@ class ProcessHost:
                 where = f"process {self.name!r} (incarnation {context.incarnation})"
                 violation = violation_in(error)
                 if violation is not None:
-                    owner.failures.fail(
-                        "assertion", f"{where}: {violation}", traceback.format_exc()
-                    )
+                    owner.failures.fail("assertion", f"{where}: {violation}", user_traceback(exc))
                 else:
                     owner.failures.fail(
                         "process_error",
                         f"{where} raised {describe_exception(error)}",
-                        traceback.format_exc(),
+                        user_traceback(exc),
                     )
             if cancellation is not None:
                 raise cancellation from None

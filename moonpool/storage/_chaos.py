@@ -25,7 +25,6 @@ import msgspec
 
 __all__ = ["STORAGE_FAULT_FAMILIES", "StorageChaosConfig"]
 
-#: The names under which storage faults are counted in a report's fault totals.
 STORAGE_FAULT_FAMILIES = (
     "storage_latency",
     "sync_failure",
@@ -37,6 +36,7 @@ STORAGE_FAULT_FAMILIES = (
     "undone_remove",
     "undone_rename",
 )
+"""The names under which storage faults are counted in a report's fault totals."""
 
 
 def _check_range(name: str, value: tuple[float, float] | None) -> None:

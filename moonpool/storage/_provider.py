@@ -66,8 +66,8 @@ __all__ = [
     "check_offset",
 ]
 
-#: Torn writes are cut at multiples of this many bytes from the file's start.
 SECTOR = 512
+"""Torn writes are cut at multiples of this many bytes from the file's start."""
 
 #: The longest file name a store accepts, in UTF-8 bytes (what most file systems allow).
 MAX_NAME_BYTES = 255

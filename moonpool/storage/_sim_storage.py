@@ -45,8 +45,9 @@ from moonpool.storage._provider import (
 
 __all__ = ["MAX_FILE_SIZE", "SimFile", "SimStorage"]
 
-#: The largest simulated file, in bytes: files live in memory, densely.
 MAX_FILE_SIZE = 1 << 30
+"""The largest simulated file, in bytes (1 GiB): files live in memory, densely.  A
+write beyond it raises ``StorageError`` with errno ``EFBIG``."""
 
 
 class _Store:

@@ -22,6 +22,10 @@ __all__ = ["CircuitBreaker", "CircuitState"]
 
 
 class CircuitState(Enum):
+    """Where a destination's circuit breaker stands (``ClientTransport.circuit_state``):
+    closed (calls go through), open (they fail at once with ``CircuitOpen``), or
+    half-open (one probe call is let through to decide)."""
+
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"

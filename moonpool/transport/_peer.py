@@ -146,6 +146,8 @@ class PeerConfig:
 
 @dataclass(slots=True)
 class PeerStats:
+    """Counters of one destination's connections and traffic (``Peer.stats``)."""
+
     connects: int = 0
     connect_failures: int = 0
     connections_lost: int = 0

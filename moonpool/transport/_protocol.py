@@ -46,12 +46,12 @@ __all__ = [
     "TransportStats",
 ]
 
-#: The correlation id of a one-way message (no request ever has it).
 ONE_WAY_ID = 0
-#: The correlation id of a health ping: a server answers it at once, with an empty
-#: payload, and never hands it to the application; a client drops the answer.
-#: Ids a client allocates stay below 2**63, so no request ever has it either.
+"""The correlation id of a one-way message (no request ever has it)."""
 PING_ID = 2**64 - 1
+"""The correlation id of a health ping: a server answers it at once, with an empty
+payload, and never hands it to the application; a client drops the answer.  Ids a
+client allocates stay below 2**63, so no request ever has it either."""
 
 E = TypeVar("E", bound=Envelope)
 

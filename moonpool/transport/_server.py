@@ -111,6 +111,8 @@ TURN: Final = 16
 
 @dataclass(slots=True)
 class ServerStats:
+    """Counters of a server's connections, requests and replies (``ServerTransport.stats``)."""
+
     connections_accepted: int = 0
     #: Refused at ``max_connections`` because no connection was idle to make room.
     connections_rejected: int = 0

@@ -8,8 +8,10 @@ import trio.lowlevel
 
 import moonpool.sim
 from moonpool.sim import (
+    Attrition,
     ChaosConfig,
     FixedCount,
+    ProcessContext,
     SimulationBuilder,
     SimulationFailed,
     SimulationReport,
@@ -285,3 +287,51 @@ def test_the_report_says_why_the_run_stopped() -> None:
     )
     assert builder().set_seeds([4, 8]).run().stopped_because == "ran the 2 seed(s) given"
     assert _details_simulation("x").stopped_because == "ran the 1 seed(s) given"
+
+
+def test_a_failures_traceback_shows_the_users_frames_not_the_runtimes() -> None:
+    """The phase runner and the assertion's own frames are hidden (as pytest hides its
+    own); the user's line stays, and so does a chained cause."""
+
+    async def broken_server(ctx: ProcessContext) -> None:
+        try:
+            {}["missing"]
+        except KeyError as exc:
+            raise RuntimeError("the server could not start") from exc
+
+    async def checker(ctx: WorkloadContext) -> None:
+        always(ctx.seed < 0, "seeds are negative", seed=ctx.seed)
+
+    async def waiter(ctx: WorkloadContext) -> None:
+        await trio.sleep(1)
+
+    report = (
+        SimulationBuilder()
+        .set_database(None)
+        .enable_buggify()
+        .set_seeds([1])
+        .register_workload("checker", checker)
+        .run()
+    )
+    (failure,) = report.failures
+    assert failure.kind == "assertion"
+    assert "in checker" in failure.traceback
+    assert 'always(ctx.seed < 0, "seeds are negative", seed=ctx.seed)' in failure.traceback
+    for runtime in ("_iteration.py", "_assertions.py", "_processes.py"):
+        assert f"moonpool/sim/{runtime}" not in failure.traceback, failure.traceback
+
+    report = (
+        SimulationBuilder()
+        .set_database(None)
+        .enable_buggify()
+        .set_seeds([1])
+        .set_attrition(Attrition(max_dead=1, interval=3.0, crash=1.0, reboot=1.0))
+        .register_process("server", broken_server)
+        .register_workload("waiter", waiter)
+        .run()
+    )
+    failure = report.failures[0]
+    assert failure.kind == "process_error", failure
+    assert "in broken_server" in failure.traceback
+    assert "KeyError: 'missing'" in failure.traceback  # the cause is kept
+    assert "moonpool/sim/_processes.py" not in failure.traceback, failure.traceback
