@@ -236,18 +236,7 @@ def compare_sync(
     candidate: Callable[[], float], baseline: Callable[[], float], settings: Settings
 ) -> tuple[list[float], list[float]]:
     """Interleave candidate and baseline samples (ABBA order); return both lists."""
-    cand: list[float] = []
-    base: list[float] = []
-    gc.collect()
-    for index in range(settings.rounds):
-        order = [(baseline, base), (candidate, cand)]
-        if index % 2:
-            order.reverse()
-        for sample, into in order:
-            _settle()
-            value = sample()
-            if index >= settings.warmup:
-                into.append(value)
+    base, cand = interleave_sync([baseline, candidate], settings)
     return cand, base
 
 

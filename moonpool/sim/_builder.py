@@ -556,13 +556,11 @@ class SimulationBuilder:
     def _apply_environment(self) -> None:
         seed = os.environ.get(ENV_SEED)
         if seed and self._seeds is None:
-            self.set_seeds(
-                _environment_numbers(ENV_SEED, seed, int, "seeds such as 12,34", many=True)
-            )
+            self.set_seeds(_from_environment(ENV_SEED, seed, _seed_list, "seeds such as 12,34"))
         iterations = os.environ.get(ENV_ITERATIONS)
         if iterations and self._seeds is None:
             self.override_iterations(
-                _environment_numbers(ENV_ITERATIONS, iterations, int, "a count such as 100")[0]
+                _from_environment(ENV_ITERATIONS, iterations, int, "a count such as 100")
             )
         plan = os.environ.get(ENV_FAULT_PLAN)
         if plan and self._fault_plan is None:
@@ -571,7 +569,7 @@ class SimulationBuilder:
             self.record_timeline()
         shrink = os.environ.get(ENV_SHRINK)
         if shrink and self._shrink_limit is None:
-            limit = _environment_numbers(ENV_SHRINK, shrink, float, "seconds such as 60")[0]
+            limit = _from_environment(ENV_SHRINK, shrink, float, "seconds such as 60")
             self.set_shrink(time_limit=limit)
 
     def _seed_stream(self, base: int, saved: Sequence[int] = ()) -> Iterator[int]:
@@ -895,21 +893,24 @@ def _plainly_not_async(fn: object) -> bool:
     )
 
 
-_Number = TypeVar("_Number", int, float)
+_Value = TypeVar("_Value")
 
 
 class EnvironmentSettingError(ValueError):
     """A ``MOONPOOL_*`` environment variable the builder cannot read."""
 
 
-def _environment_numbers(
-    variable: str, text: str, kind: Callable[[str], _Number], wanted: str, *, many: bool = False
-) -> list[_Number]:
-    """The number (or, with ``many``, the comma-separated numbers) of an environment
-    variable; an error naming the variable, not int()'s "invalid literal"."""
-    parts = text.split(",") if many else [text]
+def _seed_list(text: str) -> list[int]:
+    return [int(part) for part in text.split(",")]
+
+
+def _from_environment(
+    variable: str, text: str, parse: Callable[[str], _Value], wanted: str
+) -> _Value:
+    """``parse(text)`` of an environment variable; an error naming the variable, not
+    int()'s "invalid literal"."""
     try:
-        return [kind(part) for part in parts]
+        return parse(text)
     except ValueError:
         message = f"{variable}={text!r} in the environment: expected {wanted}"
         raise EnvironmentSettingError(message) from None

@@ -28,13 +28,10 @@ __all__ = [
 # workload or process, the assertion that raised -- say nothing about the user's
 # bug; pytest and hypothesis hide theirs too.  The network's and transport's
 # frames stay: a failure inside them is worth seeing.
+_SIM_DIR = os.path.dirname(os.path.abspath(_assertions.__file__))
 _HIDDEN_FILES = frozenset(
-    os.path.normcase(os.path.abspath(path))
-    for path in (
-        _assertions.__file__,
-        os.path.join(os.path.dirname(_assertions.__file__), "_iteration.py"),
-        os.path.join(os.path.dirname(_assertions.__file__), "_processes.py"),
-    )
+    os.path.normcase(os.path.join(_SIM_DIR, name))
+    for name in ("_assertions.py", "_iteration.py", "_processes.py")
 )
 
 
