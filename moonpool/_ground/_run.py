@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from moonpool._ground._fault_plan import InjectedFault
 from moonpool._ground._timeline import Timeline
+from moonpool._ground._wakeups import Wakeups
 
 __all__ = ["SimRun", "current_run", "derive_random", "in_simulation", "sim_random", "stable_hash"]
 
@@ -80,6 +81,9 @@ class SimRun:
     fault_plan: frozenset[str] | None = None
     #: Every fault that happened and could be suppressed, in order (for shrinking).
     fault_log: list[InjectedFault] = field(default_factory=list)
+    #: The simulated network's timed wake-ups, fired by the run-loop instrument
+    #: that drives this run's clock (None: nobody does, timers are used instead).
+    wakeups: Wakeups | None = None
     timeline: Timeline = field(init=False)
     random: random.Random = field(init=False)
     _ordinals: dict[str, int] = field(default_factory=dict)

@@ -27,6 +27,7 @@ from anyio.abc import SocketAttribute
 
 from moonpool._ground._buggify import buggify
 from moonpool._ground._run import current_run
+from moonpool._ground._wakeups import Wakeups
 from moonpool.net._address import Address, parse_address
 from moonpool.net._chaos import ChaosConfig
 from moonpool.net._faults import FaultInjector, Partition
@@ -51,10 +52,13 @@ class _Direction:
         "last_arrival",
         "readable",
         "reader_deadline",
+        "waiting",
+        "wake_at",
+        "wakeups",
         "writable",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, wakeups: Wakeups | None) -> None:
         self.chunks: deque[tuple[float, bytes]] = deque()
         self.in_flight = 0  # bytes queued and not yet received: the backpressure measure
         self.last_arrival = 0.0
@@ -62,21 +66,41 @@ class _Direction:
         self.eof_at: float | None = None
         self.broken = False
         self.readable = trio.lowlevel.ParkingLot()
-        # The cancel scope the parked reader (at most one: a second is a
-        # BusyResourceError) waits under, so that bytes arriving later move its
-        # deadline instead of waking it early to park again (a task step saved
-        # per delivery).
+        # How the parked reader (at most one: a second is a BusyResourceError) is
+        # woken when its bytes arrive.  In a simulation the run's instrument fires
+        # ``wakeups`` (see moonpool._ground._wakeups): ``waiting`` while it is
+        # parked, ``wake_at`` the arrival it waits for.  Elsewhere it parks under
+        # the cancel scope ``reader_deadline``.  Either way, bytes arriving sooner
+        # move the wake-up instead of waking it early to park again.
+        self.wakeups = wakeups
+        self.waiting = False
+        self.wake_at = math.inf
         self.reader_deadline: trio.CancelScope | None = None
         self.writable = trio.lowlevel.ParkingLot()
 
     def arrived(self, arrival: float, now: float) -> None:
         """Bytes (or the end) will be readable at ``arrival``: wake the reader then."""
-        scope = self.reader_deadline
-        if scope is not None and arrival > now:
-            if arrival < scope.deadline:
-                scope.deadline = arrival
-        else:
-            self.readable.unpark_all()
+        if arrival > now:
+            if self.waiting:
+                if arrival < self.wake_at:
+                    self.wake_at = arrival
+                    assert self.wakeups is not None
+                    self.wakeups.at(arrival, self)
+                return
+            scope = self.reader_deadline
+            if scope is not None:
+                if arrival < scope.deadline:
+                    scope.deadline = arrival
+                return
+        self.readable.unpark_all()
+
+    def wants(self, time: float) -> bool:
+        """Whether the parked reader still waits for a wake-up at ``time`` (a WakeupTarget)."""
+        return self.waiting and self.wake_at == time
+
+    def wake(self, time: float) -> None:
+        self.wake_at = math.inf
+        self.readable.unpark_all()
 
     def wake_all(self) -> None:
         self.readable.unpark_all()
@@ -93,8 +117,8 @@ class _Connection:
         self.id = connection_id
         self.client = client
         self.server = server
-        self.forward = _Direction()  # client -> server
-        self.reverse = _Direction()  # server -> client
+        self.forward = _Direction(world.wakeups)  # client -> server
+        self.reverse = _Direction(world.wakeups)  # server -> client
         self.open_ends = 2
         world.live[connection_id] = self
 
@@ -234,12 +258,24 @@ class SimStream(anyio.abc.ByteStream):
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 raise anyio.EndOfStream
             wake_at = chunks[0][0] if chunks else (direction.eof_at or math.inf)
-            with trio.move_on_at(wake_at) as deadline:
-                direction.reader_deadline = deadline
+            wakeups = direction.wakeups
+            if wakeups is not None:
+                direction.waiting = True
+                if wake_at < math.inf:
+                    direction.wake_at = wake_at
+                    wakeups.at(wake_at, direction)
                 try:
                     await direction.readable.park()
                 finally:
-                    direction.reader_deadline = None
+                    direction.waiting = False
+                    direction.wake_at = math.inf
+            else:
+                with trio.move_on_at(wake_at) as deadline:
+                    direction.reader_deadline = deadline
+                    try:
+                        await direction.readable.park()
+                    finally:
+                        direction.reader_deadline = None
             waited = True
 
     def _take_ready(self, now: float, max_bytes: int) -> bytes:
@@ -494,6 +530,7 @@ class _World:
         self.hosts: list[str] = []
         run = self.run = current_run()
         admit = run.admit_fault if run is not None else None
+        self.wakeups = run.wakeups if run is not None else None
         self.faults = FaultInjector(seed, chaos, lambda: self.hosts, admit)
         self.buffer_size = buffer_size
         # Bytes written and read so far per (source host, destination host), over

@@ -51,7 +51,7 @@ from moonpool.sim._logs import captured_logs
 from moonpool.sim._processes import Processes
 from moonpool.sim._report import FailureRecord, RunRecord
 from moonpool.sim._supervisor import Supervisor
-from moonpool.sim._trio_internals import seeded_scheduler
+from moonpool.sim._trio_internals import seeded_scheduler, sim_clock
 from moonpool.sim._workload import Phase, ProcessSpec, WorkloadSpec, phase_method
 
 if TYPE_CHECKING:
@@ -318,17 +318,13 @@ def run_iteration(
     Raises ``KeyboardInterrupt`` when Ctrl-C cut the seed short (``ctrl_c`` says
     how: see :mod:`moonpool.sim._interrupt`): its outcome means nothing then.
     """
-    # Imported here, not at module level: trio.testing imports pytest when it is
-    # installed, and `import moonpool.transport` for real networks should not.
-    import trio.testing
-
     run = SimRun(
         seed=seed,
         buggify_enabled=config.buggify,
         record_timeline=config.record_timeline,
         fault_plan=config.fault_plan,
     )
-    clock = trio.testing.MockClock(autojump_threshold=0)
+    clock = sim_clock()
     supervisor = Supervisor(
         run,
         clock,

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from moonpool._ground._run import _FNV_PRIME, _MASK64, SimRun
+from moonpool._ground._wakeups import Wakeups
 from moonpool.sim._agenda import Agenda
 from moonpool.sim._exceptions import SeedAbandoned
 from moonpool.sim._hang_report import describe_waiting_tasks
@@ -67,6 +68,9 @@ class Supervisor(trio.abc.Instrument):
         self.run = run
         self.clock = clock
         self.agenda = Agenda()
+        # The simulated network's arrival times: fired here, so that a delivery
+        # costs no trio timer (see moonpool._ground._wakeups).
+        self.wakeups = run.wakeups = Wakeups()
         self.sim_time_budget = sim_time_budget
         self.wall_time_budget = wall_time_budget
         self.shutdown_grace = shutdown_grace
@@ -136,16 +140,33 @@ class Supervisor(trio.abc.Instrument):
             )
             return
         if self.failure is not None or self.interrupted:
+            self._deliver_if_next(now, probe)  # bytes in flight still arrive in teardown
             self._watch_teardown(now, probe)
             return
-        if self.finished or probe.has_runnable_tasks() or probe.has_idle_waiters():
+        if probe.has_runnable_tasks() or probe.has_idle_waiters():
             return
-        next_deadline = probe.next_deadline()
+        if self.finished:
+            self._deliver_if_next(now, probe)
+            return
+        program_deadline = probe.next_deadline()
+        arrival = self.wakeups.next_time()
+        next_deadline = min(program_deadline, arrival)
         event_at = self.agenda.next_time(next_deadline)
         if event_at <= self.sim_time_budget and event_at < inf:
             if event_at > now:
                 self.clock.jump(event_at - now)
             self.agenda.wake()
+            if arrival <= event_at:
+                self.wakeups.fire_due(self.clock.current_time())
+            return
+        if (
+            next_deadline < inf
+            and next_deadline <= self.sim_time_budget
+            and not (self.phase == "shutdown" and next_deadline > self.grace_deadline)
+        ):
+            # Time moves to the next timer or arrival now, in this turn (trio's
+            # autojump would spend a turn of its own on it).
+            self._advance(now, next_deadline)
             return
         if self.phase == "shutdown" and next_deadline > self.grace_deadline:
             names = ", ".join(self.still_running()) or "?"
@@ -176,6 +197,34 @@ class Supervisor(trio.abc.Instrument):
                 f"{self.waiting_tasks()}",
             )
 
+    def _deliver_if_next(self, now: float, probe: RunnerProbe) -> None:
+        """Fire the network's next wake-up if nothing runs and no trio timer comes first."""
+        if probe.has_runnable_tasks() or probe.has_idle_waiters():
+            return
+        arrival = self.wakeups.next_time()
+        if arrival < inf and arrival <= probe.next_deadline():
+            self._advance(now, arrival)
+
+    def _advance(self, now: float, to: float) -> None:
+        """Move the clock to ``to`` and wake what is due then, in this turn.
+
+        What trio's autojump and timer expiry did, one turn sooner: the new time
+        is traced before the steps it causes, the network's wake-ups due by then
+        fire here, and trio expires its own timers right after this hook, so both
+        kinds run in one batch.  The clock lands on ``to`` exactly: ``now + (to -
+        now)`` can fall an ulp short in floating point, and nothing would then
+        be due -- trio's autojump moves on to the next *trio* timer, which would
+        leave a network arrival behind, late by however long that is.
+        """
+        clock = self.clock
+        while now < to:  # converges at once: the second difference is exact
+            clock.jump(to - now)
+            now = clock.current_time()
+        if now != self._last_time:
+            self._last_time = now
+            self.run.trace(hash(now))
+        self.wakeups.fire_due(now)
+
     def _watch_teardown(self, now: float, probe: RunnerProbe) -> None:
         """Abandon a failed seed whose teardown is stuck (see the module doc)."""
         slow = (
@@ -184,7 +233,10 @@ class Supervisor(trio.abc.Instrument):
         )
         if probe.has_runnable_tasks() and not slow:
             return
-        stuck = not probe.has_runnable_tasks() and probe.next_deadline() == inf
+        stuck = (
+            not probe.has_runnable_tasks()
+            and min(probe.next_deadline(), self.wakeups.next_time()) == inf
+        )
         if not (stuck or slow) or self.root_task is None:
             return
         stack = [self.root_task]

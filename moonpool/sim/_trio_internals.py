@@ -1,6 +1,6 @@
 """Every private trio detail the simulation runtime depends on, in one place.
 
-trio has no public API for three things a deterministic simulator needs:
+trio has no public API for four things a deterministic simulator needs:
 
 1. **A seeded scheduler.**  trio already randomises the order in which tasks that
    became runnable together are stepped (so that programs do not grow hidden
@@ -23,6 +23,11 @@ trio has no public API for three things a deterministic simulator needs:
    :func:`abandon_step` does it to a runnable task (one spinning in a shield)
    by replacing what it is about to be resumed with (``Task._next_send``).
 
+4. **A clock that is cheap to read.**  ``MockClock.current_time`` reads the real
+   clock and scales it by the rate -- zero in a simulation -- on every call (a
+   few per task step).  :func:`sim_clock` makes one that returns the virtual time it keeps,
+   which with a zero rate is the same number, bit for bit.
+
 ``tests/sim/test_trio_internals.py`` exercises each of these against the installed
 trio; if an upgrade moves them, that test fails loudly and the pin in
 ``pyproject.toml`` must not be widened until this module is fixed.
@@ -33,12 +38,16 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio._core._run as _trio_run
 
+if TYPE_CHECKING:
+    from trio.testing import MockClock
+
 __all__ = [
     "RunnerProbe",
+    "sim_clock",
     "abandon_step",
     "current_runner_probe",
     "force_abort",
@@ -128,3 +137,26 @@ def abandon_step(task: Any, make_error: Any) -> bool:
 
     task._next_send = outcome.Error(make_error())
     return True
+
+
+def sim_clock() -> MockClock:
+    """An autojump ``MockClock`` (rate zero) whose ``current_time`` skips the real clock.
+
+    With a zero rate ``MockClock`` computes ``virtual_base + 0 * (real - base)``:
+    exactly its private ``_virtual_base``, which ``jump`` moves.  Reading that
+    directly is the same time, bit for bit, for a fraction of the cost.
+    (``MockClock`` is final, and the run loop's autojump insists on one, so the
+    method is replaced on the instance rather than overridden.)
+    """
+    # Imported here, not at module level: trio.testing imports pytest when it is
+    # installed, and `import moonpool.transport` for real networks should not.
+    import trio.testing
+
+    clock = trio.testing.MockClock(autojump_threshold=0)
+
+    def current_time() -> float:
+        now: float = clock._virtual_base  # type: ignore[attr-defined]
+        return now
+
+    clock.current_time = current_time  # type: ignore[method-assign]
+    return clock

@@ -11,7 +11,12 @@ import trio
 import trio._core._run as trio_run
 import trio.testing
 
-from moonpool.sim._trio_internals import current_runner_probe, force_abort, seeded_scheduler
+from moonpool.sim._trio_internals import (
+    current_runner_probe,
+    force_abort,
+    seeded_scheduler,
+    sim_clock,
+)
 
 
 def _batch_order(seed: int) -> list[int]:
@@ -100,3 +105,22 @@ def test_force_abort_reaches_a_task_blocked_inside_a_shield() -> None:
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert info.value.subgroup(Stop) is not None
     assert seen == ["stopped"]
+
+
+def test_sim_clock_reads_the_time_mock_clock_would() -> None:
+    """sim_clock's fast current_time is MockClock's own, bit for bit, after any jumps."""
+    fast, reference = sim_clock(), trio.testing.MockClock(autojump_threshold=0)
+    for seconds in (0.0, 0.015560225314033772, 1e-9, 3.5, 0.1, 1234.5678):
+        fast.jump(seconds)
+        reference.jump(seconds)
+        assert fast.current_time() == reference.current_time()
+    assert fast.current_time() == fast._virtual_base  # the private name it reads
+
+    moments: list[float] = []
+
+    async def main() -> None:
+        await trio.sleep(2.5)
+        moments.append(trio.current_time())
+
+    trio.run(main, clock=sim_clock())  # autojump still works: no wall time waited
+    assert moments == [2.5]
