@@ -1,9 +1,10 @@
 """One simulation iteration: a fresh ``trio.run`` driven entirely by one seed.
 
-The run uses trio's ``MockClock`` in autojump mode (time jumps straight to the
-next deadline whenever every task is blocked, so a simulated hour takes
-milliseconds) and trio's scheduler seeded from the run seed.  One seed's life,
-all in simulated time (FoundationDB's and upstream moonpool's, in trio terms):
+The run uses trio's ``MockClock`` (time jumps straight to the next deadline or
+network arrival whenever every task is blocked -- the supervisor moves it -- so
+a simulated hour takes milliseconds) and trio's scheduler seeded from the run
+seed.  One seed's life, all in simulated time (FoundationDB's and upstream
+moonpool's, in trio terms):
 
 1. every process boots; each workload's ``setup`` runs, one after another;
 2. **run**: every workload's ``run`` concurrently, under network chaos, buggify

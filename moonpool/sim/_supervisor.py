@@ -12,6 +12,21 @@ Exceptions and assertion violations are reported to it by the tasks that see
 them (:meth:`Supervisor.fail`).  None of these waits: each is detected on the
 turn of the run loop where it becomes true.
 
+It also drives the clock.  When nothing is runnable it moves simulated time to
+whatever comes first -- a trio timer, an arrival on the simulated network (see
+:mod:`moonpool._ground._wakeups`) or a runtime event (:mod:`moonpool.sim._agenda`)
+-- and wakes what is due in that same turn of the run loop.
+
+**The trace hash** folds in, in order: every task step (which task, numbered in
+spawn order), every change of simulated time (before the steps it causes),
+every task exit, and the events the runtime names -- faults injected,
+connects, crashes and reboots, violations, phase ends, the failure.  Two runs
+of a seed with equal hashes stepped the same tasks in the same order at the
+same simulated times; any divergence, even a timer a microsecond off, shows.
+It does not hash the bytes programs exchange or the values they compute (a
+run that steps identically with other data has the same hash): that is what
+``always`` and the workloads' checks are for.
+
 A failed seed is cancelled.  If its teardown then gets stuck -- a task shielded
 from the cancellation waits for ever, or keeps retrying in a ``finally`` -- the
 supervisor abandons it: every blocked task gets :class:`SeedAbandoned` raised

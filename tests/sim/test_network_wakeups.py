@@ -14,6 +14,7 @@ import math
 
 import trio
 
+from moonpool._ground._wakeups import Wakeups
 from moonpool.net import ChaosConfig, LatencyConfig
 from moonpool.sim import FixedCount, SimulationBuilder, WorkloadContext
 
@@ -106,3 +107,35 @@ def test_a_run_waiting_only_for_bytes_in_flight_is_not_a_deadlock() -> None:
     )
     report.assert_success()
     assert got == [b"late"]
+
+
+class _Reader:
+    """A WakeupTarget that records its wakes; it wants the times in ``wanted``."""
+
+    def __init__(self, name: str, log: list[tuple[str, float]], *wanted: float) -> None:
+        self.name, self.log, self.wanted = name, log, set(wanted)
+
+    def wants(self, time: float) -> bool:
+        return time in self.wanted
+
+    def wake(self, time: float) -> None:
+        self.wanted.discard(time)
+        self.log.append((self.name, time))
+
+
+def test_wakeups_fire_in_time_order_and_skip_what_is_no_longer_wanted() -> None:
+    log: list[tuple[str, float]] = []
+    wakeups = Wakeups()
+    a, b = _Reader("a", log, 2.0), _Reader("b", log, 1.0, 3.0)
+    stale = _Reader("stale", log)  # woke for another reason meanwhile
+    wakeups.at(2.0, a)
+    wakeups.at(1.0, stale)
+    wakeups.at(1.0, b)
+    wakeups.at(3.0, b)
+    assert wakeups.next_time() == 1.0  # b's; the stale entry at 1.0 is not a timer
+    wakeups.fire_due(2.0)
+    assert log == [("b", 1.0), ("a", 2.0)]
+    assert wakeups.next_time() == 3.0
+    b.wanted.clear()  # b stopped waiting: nothing is pending any more
+    assert wakeups.next_time() == math.inf
+    assert len(wakeups) == 0
