@@ -60,6 +60,11 @@ class Wakeups:
             heapq.heappop(heap)
         return inf
 
+    def due(self, now: float) -> bool:
+        """Whether a wake-up (perhaps a stale one) is due at ``now``: cheap, every turn."""
+        heap = self._heap
+        return bool(heap) and heap[0][0] <= now
+
     def fire_due(self, now: float) -> None:
         """Wake every target whose wake-up is due at ``now``, earliest first."""
         heap = self._heap

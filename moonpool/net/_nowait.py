@@ -45,6 +45,7 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 
 from moonpool.net._asyncio_stream import AsyncioSocketStream
+from moonpool.net._sim_network import SimStream
 
 __all__ = ["NonBlockingSender", "PushReceiver", "nonblocking_sender", "push_receiver"]
 
@@ -58,7 +59,11 @@ def push_receiver(stream: anyio.abc.ByteStream) -> PushReceiver | None:
     Checked by type, not by the method's name: other streams may well have a
     ``receive_into`` of their own with another meaning (``socket.recv_into``'s).
     """
-    return stream.receive_into if isinstance(stream, AsyncioSocketStream) else None
+    if isinstance(stream, AsyncioSocketStream):
+        return stream.receive_into
+    if isinstance(stream, SimStream) and stream.pushes:
+        return stream.receive_into
+    return None
 
 
 def nonblocking_sender(stream: anyio.abc.ByteStream) -> NonBlockingSender | None:

@@ -17,7 +17,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, Self, final
+from typing import Any, NoReturn, Self, final
 
 import anyio
 import anyio.abc
@@ -37,7 +37,13 @@ __all__ = ["SimListener", "SimNetwork", "SimStream"]
 
 DEFAULT_BUFFER_SIZE = 256 * 1024
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: The most bytes one push hands over (SimStream.receive_into).
+PUSH_SIZE = 65536
 _EPHEMERAL_PORT_START = 40000
+
+
+def _ignore(data: bytes) -> None:
+    pass
 
 
 class _Direction:
@@ -47,9 +53,11 @@ class _Direction:
         "broken",
         "chunks",
         "clogged_until",
+        "consumer_error",
         "eof_at",
         "in_flight",
         "last_arrival",
+        "push",
         "readable",
         "reader_deadline",
         "waiting",
@@ -77,10 +85,16 @@ class _Direction:
         self.wake_at = math.inf
         self.reader_deadline: trio.CancelScope | None = None
         self.writable = trio.lowlevel.ParkingLot()
+        # While the reader takes its bytes by push (SimStream.receive_into): what
+        # hands it the bytes due at a time, and what its callback raised.
+        self.push: Callable[[float], None] | None = None
+        self.consumer_error: Exception | None = None
 
     def arrived(self, arrival: float, now: float) -> None:
         """Bytes (or the end) will be readable at ``arrival``: wake the reader then."""
-        if arrival > now:
+        if arrival > now or self.push is not None:
+            # A push reader gets even the bytes due now from the wake-ups, between
+            # two turns of the run loop, never from inside the writer's call.
             if self.waiting:
                 if arrival < self.wake_at:
                     self.wake_at = arrival
@@ -100,7 +114,19 @@ class _Direction:
 
     def wake(self, time: float) -> None:
         self.wake_at = math.inf
-        self.readable.unpark_all()
+        push = self.push
+        if push is not None and len(self.readable):
+            push(time)  # the reader stays parked: no task step per delivery
+        else:
+            self.readable.unpark_all()
+
+    def wake_next(self, now: float) -> None:
+        """Ask the wake-ups for the parked reader's next arrival (or its end)."""
+        at = self.chunks[0][0] if self.chunks else self.eof_at
+        if at is not None and at < self.wake_at:
+            assert self.wakeups is not None
+            self.wake_at = max(at, now)
+            self.wakeups.at(self.wake_at, self)
 
     def wake_all(self) -> None:
         self.readable.unpark_all()
@@ -211,6 +237,7 @@ class SimStream(anyio.abc.ByteStream):
         self._eof_sent = False
         self._receiving = False
         self._sending = False
+        self._on_data: Callable[[bytes], object] = _ignore  # receive_into's
 
     def __repr__(self) -> str:
         return f"<SimStream {self._local} -> {self._remote} #{self._connection.id}>"
@@ -277,6 +304,87 @@ class SimStream(anyio.abc.ByteStream):
                     finally:
                         direction.reader_deadline = None
             waited = True
+
+    @property
+    def pushes(self) -> bool:
+        """Whether :meth:`receive_into` hands bytes over outside any task (in a simulation)."""
+        return self._in.wakeups is not None
+
+    async def receive_into(self, on_data: Callable[[bytes], object]) -> NoReturn:
+        """Call ``on_data(chunk)`` for every chunk received, until the stream ends.
+
+        The contract of :meth:`AsyncioSocketStream.receive_into
+        <moonpool.net._asyncio_stream.AsyncioSocketStream.receive_into>`: it never
+        returns; it raises what :meth:`receive` would (``EndOfStream``,
+        ``BrokenResourceError``, ``ClosedResourceError``) or what ``on_data``
+        raised (delivery stops at that chunk: the later ones stay for
+        :meth:`receive`); a cancelled call loses nothing.  In a simulation
+        (:attr:`pushes`), the run's wake-ups hand each arrival to ``on_data``
+        between two turns of the run loop, outside any task -- where asyncio's
+        read callback runs -- so a reader that only parses and wakes costs no
+        task step per chunk; ``on_data`` must not await.  Each hand-over is one
+        read of up to 64 KiB, short reads included.  Elsewhere it loops over
+        :meth:`receive`.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._receiving:
+            raise anyio.BusyResourceError("receiving")
+        direction = self._in
+        if direction.wakeups is None:
+            while True:
+                on_data(await self.receive())
+        self._receiving = True
+        self._on_data = on_data
+        direction.push = self._push
+        try:
+            while True:
+                error = direction.consumer_error
+                if error is not None:
+                    raise error
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                if direction.broken:
+                    raise anyio.BrokenResourceError(f"connection {self} was reset")
+                now = trio.current_time()
+                eof_at = direction.eof_at
+                if not direction.chunks and eof_at is not None and eof_at <= now:
+                    raise anyio.EndOfStream
+                # Bytes already due are handed over at the start of the next turn.
+                direction.waiting = True
+                direction.wake_next(now)
+                try:
+                    await direction.readable.park()
+                finally:
+                    direction.waiting = False
+                    direction.wake_at = math.inf
+        finally:
+            direction.push = None
+            direction.consumer_error = None
+            self._on_data = _ignore
+            self._receiving = False
+
+    def _push(self, now: float) -> None:
+        """Hand the parked push reader what is due; wake its task only to end it."""
+        direction = self._in
+        chunks = direction.chunks
+        run = self._world.run
+        while chunks and chunks[0][0] <= now:
+            data = self._take_ready(now, PUSH_SIZE)
+            if run is not None:
+                run.trace(len(data))  # a delivery no task step records
+            try:
+                self._on_data(data)
+            except Exception as exc:
+                direction.consumer_error = exc
+                break
+            if not len(direction.readable) or self._closed or direction.broken:
+                return  # it was cancelled or woken meanwhile: the bytes left wait
+        if direction.consumer_error is not None or (
+            not chunks and direction.eof_at is not None and direction.eof_at <= now
+        ):
+            direction.readable.unpark_all()  # to raise the error, or EndOfStream
+        else:
+            direction.wake_next(now)
 
     def _take_ready(self, now: float, max_bytes: int) -> bytes:
         """Coalesce every due chunk (up to ``max_bytes``), as a kernel buffer would."""

@@ -146,6 +146,11 @@ class Supervisor(trio.abc.Instrument):
             # times (say, sleeps computed from the wall clock) is a different run.
             self._last_time = now
             self.run.trace(hash(now))  # float hashes are not salted by PYTHONHASHSEED
+        wakeups = self.wakeups
+        if wakeups.due(now):
+            # Bytes due now for a push reader (SimStream.receive_into) are handed
+            # over here, between two turns, whether or not tasks are runnable.
+            wakeups.fire_due(now)
         if self._turns & 0xFF == 0 and time.perf_counter() > self._wall_deadline:
             self.fail(
                 "wall_time_budget",

@@ -294,12 +294,21 @@ class ReceivedEnvelope(Generic[E]):
         )
 
     async def reply(self, payload: bytes) -> None:
-        """Queue the reply (like :meth:`ServerTransport.send_reply`); a checkpoint,
-        also when it raises."""
+        """Queue the reply (like :meth:`ServerTransport.send_reply`).
+
+        A cancel point: a cancelled caller gets ``Cancelled`` and nothing is
+        queued.  It yields to other tasks only when it raises (so that a retry
+        loop around a failing reply lets them run): queuing never waits, and the
+        ``async for`` (or :meth:`ServerTransport.receive`) that hands out the next
+        request yields anyway -- once per request instead of twice, which is a
+        task step less per request.
+        """
+        await anyio.lowlevel.checkpoint_if_cancelled()
         try:
             self._server.send_reply(self, payload)
-        finally:
+        except BaseException:
             await anyio.lowlevel.checkpoint()
+            raise
 
 
 def _source_of(stream: anyio.abc.ByteStream, fallback: str) -> str:

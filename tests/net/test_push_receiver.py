@@ -211,8 +211,9 @@ async def test_concurrent_receive_is_busy_and_aclose_ends_delivery() -> None:
         assert len(outcome) == 1
 
 
-def test_trio_and_simulated_streams_do_not_push() -> None:
-    """Elsewhere the transport reads with ordinary receive() calls."""
+def test_trio_streams_and_simulated_ones_outside_a_simulation_do_not_push() -> None:
+    """There the transport reads with ordinary receive() calls.  (In a simulation
+    simulated streams push: tests/net/test_sim_push_receiver.py.)"""
 
     async def main() -> None:
         client, server = await real_pair()

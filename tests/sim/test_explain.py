@@ -524,37 +524,34 @@ def test_cli_fault_plan_garbage_is_a_usage_error() -> None:
 # -- 8. fault decisions are keyed -------------------------------------------------------
 
 
-_SPLIT = re.compile(r"^partial_io/write/(\S+)@(\d+)#\d+$")
+_SHORT_READ = re.compile(r"^partial_io/read/")
 _RESET = re.compile(r"^reset/(\S+)@(\d+)#\d+$")
 
 
-def test_suppressing_partial_io_leaves_the_resets_at_their_byte_offsets() -> None:
-    """A reset is decided at the byte its write starts at: dropping every split write
-    and short read leaves it there -- unless the write it hit began at a cut that a
-    dropped split made (then that write, and its decision, are no more)."""
+def test_suppressing_short_reads_leaves_the_resets_at_their_byte_offsets() -> None:
+    """A reset is decided at the byte its write starts at, whatever the other
+    families decided: dropping every short read (the reads change, the writes do
+    not) leaves each reset at its byte, with the same text.
+
+    Split writes cannot be dropped this way: each piece of a write draws its own
+    latency, so dropping a split moves every later arrival on that link, and with
+    them the writes a program makes (found with another schedule, where a reset
+    "moved" in 5 of 28 cases)."""
     kept = 0
     for failure in _batch().failures:
         seed = failure.seed
         original = lost_update().set_seeds([seed]).record_timeline().run().runs[0]
-        plan = [fault.id for fault in original.injected if fault.family != "partial_io"]
+        plan = [fault.id for fault in original.injected if not _SHORT_READ.match(fault.id)]
         replay = (
             lost_update().set_seeds([seed]).set_fault_plan(plan).record_timeline().run()
         ).runs[0]
-        ids = {fault.id for fault in replay.injected}
-        assert not any(fault.family == "partial_io" for fault in replay.injected)
-        cuts: set[tuple[str, int]] = set()  # bytes where a split made a write start
+        assert not any(_SHORT_READ.match(fault.id) for fault in replay.injected)
+        replayed = {fault.id: fault for fault in replay.injected}
         for fault in original.injected:
-            if match := _SPLIT.match(fault.id):
-                start = int(match.group(2))
-                size = int(fault.text.split()[2])  # "write of N bytes split in K ..."
-                cuts.update((match.group(1), start + at) for at in range(1, size))
-        for fault in original.injected:
-            match = _RESET.match(fault.id)
-            if match is None or (match.group(1), int(match.group(2))) in cuts:
+            if _RESET.match(fault.id) is None:
                 continue
-            assert fault.id in ids, f"seed {seed}: {fault.id} moved once partial I/O was gone"
-            [again] = [f for f in replay.injected if f.id == fault.id]
-            assert again.text == fault.text
+            assert fault.id in replayed, f"seed {seed}: {fault.id} moved once short reads were gone"
+            assert replayed[fault.id].text == fault.text
             kept += 1
     assert kept >= 2
 
