@@ -19,8 +19,10 @@ whatever comes first -- a trio timer, an arrival on the simulated network (see
 
 **The trace hash** folds in, in order: every task step (which task, numbered in
 spawn order), every change of simulated time (before the steps it causes),
-every task exit, and the events the runtime names -- faults injected,
-connects, crashes and reboots, violations, phase ends, the failure.  Two runs
+every task exit, the size of each chunk pushed to a reader between turns
+(``SimStream.receive_into``: a delivery no task step records), and the events
+the runtime names -- faults injected, connects, crashes and reboots,
+violations, phase ends, the failure.  Two runs
 of a seed with equal hashes stepped the same tasks in the same order at the
 same simulated times; any divergence, even a timer a microsecond off, shows.
 It does not hash the bytes programs exchange or the values they compute (a
