@@ -257,6 +257,7 @@ class ReceivedEnvelope(Generic[E]):
     __slots__ = (
         "_answered",
         "_connection",
+        "_owes_yield",
         "_server",
         "envelope",
         "expects_reply",
@@ -286,6 +287,8 @@ class ReceivedEnvelope(Generic[E]):
         self._server = server
         # Whether a reply was queued: only the first one counts the request answered.
         self._answered = False
+        # Handed out without a yield (ServerTransport._next_request): reply() yields.
+        self._owes_yield = False
 
     def __repr__(self) -> str:
         return (
@@ -297,11 +300,12 @@ class ReceivedEnvelope(Generic[E]):
         """Queue the reply (like :meth:`ServerTransport.send_reply`).
 
         A cancel point: a cancelled caller gets ``Cancelled`` and nothing is
-        queued.  It yields to other tasks only when it raises (so that a retry
-        loop around a failing reply lets them run): queuing never waits, and the
-        ``async for`` (or :meth:`ServerTransport.receive`) that hands out the next
-        request yields anyway -- once per request instead of twice, which is a
-        task step less per request.
+        queued.  An ``async for`` loop that replies yields once per request, so
+        other connections and tasks run beside a client that pipelines: the
+        ``async for`` (or :meth:`ServerTransport.receive`) yields when it had to
+        wait for the request, and this yields when it did not (a request taken
+        from a backlog) or when it raises.  Not twice: on a connection that
+        waits for each reply, that would be a task step per request for nothing.
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
         try:
@@ -309,6 +313,9 @@ class ReceivedEnvelope(Generic[E]):
         except BaseException:
             await anyio.lowlevel.checkpoint()
             raise
+        if self._owes_yield:
+            self._owes_yield = False
+            await anyio.lowlevel.cancel_shielded_checkpoint()  # the reply is queued
 
 
 def _source_of(stream: anyio.abc.ByteStream, fallback: str) -> str:
@@ -598,6 +605,7 @@ class ServerTransport(Generic[E]):
                 self._taken_in_a_row = 0
                 return await self._pending.get()
             self._taken_in_a_row += 1
+            request._owes_yield = True
             return request
         self._taken_in_a_row = 0
         await anyio.lowlevel.checkpoint()
