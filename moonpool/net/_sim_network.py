@@ -265,10 +265,7 @@ class SimStream(anyio.abc.ByteStream):
         direction = self._in
         waited = False
         while True:
-            if self._closed:
-                raise anyio.ClosedResourceError
-            if direction.broken:
-                raise anyio.BrokenResourceError(f"connection {self} was reset")
+            self._check_receivable()
             now = trio.current_time()
             chunks = direction.chunks
             if chunks and chunks[0][0] <= now:
@@ -341,10 +338,7 @@ class SimStream(anyio.abc.ByteStream):
                 error = direction.consumer_error
                 if error is not None:
                     raise error
-                if self._closed:
-                    raise anyio.ClosedResourceError
-                if direction.broken:
-                    raise anyio.BrokenResourceError(f"connection {self} was reset")
+                self._check_receivable()
                 now = trio.current_time()
                 eof_at = direction.eof_at
                 if not direction.chunks and eof_at is not None and eof_at <= now:
@@ -474,6 +468,12 @@ class SimStream(anyio.abc.ByteStream):
         if not points and halve:
             points = [size // 2]
         return points
+
+    def _check_receivable(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._in.broken:
+            raise anyio.BrokenResourceError(f"connection {self} was reset")
 
     def _check_sendable(self) -> None:
         if self._closed or self._eof_sent:
