@@ -93,7 +93,8 @@ class ShrunkPlan:
         how = "" if self.minimal else " (time ran out: maybe not minimal)"
         lines = [
             f"shrunk seed {self.seed}: {kept} of {self.original_faults} faults still make it "
-            f"fail{how}, found in {self.replays} replays ({self.wall_time:.1f}s):"
+            f"fail{how}, found in {self.replays} replays ({self.wall_time:.1f}s); "
+            "at the times of the replay below:"
         ]
         shown = self.faults[:SHOWN]
         lines += [f"  {number}. {fault.describe()}" for number, fault in enumerate(shown, 1)]
