@@ -1,8 +1,9 @@
-"""The README's example program runs and passes, exactly as printed."""
+"""The README's example program runs and passes, and its console sessions print what they show."""
 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,3 +57,23 @@ def test_readme_limits_paragraph_lists_every_limit_with_its_default() -> None:
             assert f"{name}={shown}" in limits, f"README Limits lacks {name}={shown}"
             checked += 1
     assert checked >= 15
+
+
+def test_readme_console_blocks_print_what_they_show(tmp_path: Path) -> None:
+    """The walk-through of a failing seed ("Explaining a failure") is real output: each
+    ```console block's commands run, on a copy of the examples (the failure database
+    they write stays out of the checkout), and print the lines shown, by the rules of
+    the docs pages (tests/docs_blocks.py).  A change of schedules that makes its seed
+    pass, or its timeline move, fails here instead of leaving the README stale."""
+    from tests.docs_blocks import Block
+    from tests.test_docs import _run_session
+
+    text = (ROOT / "README.md").read_text()
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    sessions = [
+        Block("console", match.group(1), text[: match.start()].count("\n") + 1)
+        for match in re.finditer(r"```console\n(.*?)```", text, flags=re.DOTALL)
+    ]
+    assert len(sessions) >= 3, "the README's failing-seed walk-through is gone"
+    for block in sessions:
+        _run_session(block, "README.md", tmp_path)
