@@ -11,6 +11,9 @@ instead: when nothing is runnable and the earliest wake-up comes no later than
 every trio timer, the instrument moves the clock there and wakes the reader in
 the same turn.  This changes no schedule: the reader runs in the same batch,
 with the same timers expired beside it, as it did when its own timer woke it.
+A wake-up that wakes no task (a push that completed no read, see
+``SimStream.receive_into``) is followed by the next one in that same turn, or
+trio's autojump would skip past it to the next trio timer.
 
 A wake-up counts as a pending timer: a run waiting only for bytes in flight is
 not deadlocked.  Outside a simulation (a plain ``trio.run`` on an autojump
@@ -25,6 +28,9 @@ from math import inf
 from typing import Protocol
 
 __all__ = ["Wakeups", "WakeupTarget"]
+
+#: The most wake-ups one fire_due call runs.
+FIRE_LIMIT = 10_000
 
 
 class WakeupTarget(Protocol):
@@ -66,9 +72,16 @@ class Wakeups:
         return bool(heap) and heap[0][0] <= now
 
     def fire_due(self, now: float) -> None:
-        """Wake every target whose wake-up is due at ``now``, earliest first."""
+        """Wake every target whose wake-up is due at ``now``, earliest first.
+
+        At most ``FIRE_LIMIT`` of them: a wake-up may ask for another at ``now``
+        (two push readers answering each other with no latency), and the caller
+        must get back to its wall-clock check.
+        """
         heap = self._heap
-        while heap and heap[0][0] <= now:
+        for _ in range(FIRE_LIMIT):
+            if not heap or heap[0][0] > now:
+                return
             time, _, target = heapq.heappop(heap)
             if target.wants(time):
                 target.wake(time)

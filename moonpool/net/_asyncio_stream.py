@@ -223,7 +223,13 @@ class AsyncioSocketStream(anyio.abc.SocketStream):
                     raise error
                 self._check_readable()
                 waiter = protocol.read_waiter = asyncio.get_running_loop().create_future()
-                await waiter
+                try:
+                    await waiter
+                except asyncio.CancelledError:
+                    error = protocol.consumer_error
+                    if error is not None:  # on_data failed, then cancelled its reader:
+                        raise error from None  # its failure is what the caller must see
+                    raise
         finally:
             protocol.consumer = None
             protocol.consumer_error = None

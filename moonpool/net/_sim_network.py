@@ -88,7 +88,7 @@ class _Direction:
         # While the reader takes its bytes by push (SimStream.receive_into): what
         # hands it the bytes due at a time, and what its callback raised.
         self.push: Callable[[float], None] | None = None
-        self.consumer_error: Exception | None = None
+        self.consumer_error: BaseException | None = None
 
     def arrived(self, arrival: float, now: float) -> None:
         """Bytes (or the end) will be readable at ``arrival``: wake the reader then."""
@@ -348,6 +348,11 @@ class SimStream(anyio.abc.ByteStream):
                 direction.wake_next(now)
                 try:
                     await direction.readable.park()
+                except trio.Cancelled:
+                    error = direction.consumer_error
+                    if error is not None:  # on_data failed, then cancelled its reader:
+                        raise error from None  # its failure is what the caller must see
+                    raise
                 finally:
                     direction.waiting = False
                     direction.wake_at = math.inf
@@ -368,7 +373,7 @@ class SimStream(anyio.abc.ByteStream):
                 run.trace(len(data))  # a delivery no task step records
             try:
                 self._on_data(data)
-            except Exception as exc:
+            except BaseException as exc:  # raised by the reader's task, not into the run loop
                 direction.consumer_error = exc
                 break
             if not len(direction.readable) or self._closed or direction.broken:

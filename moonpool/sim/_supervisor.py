@@ -162,14 +162,27 @@ class Supervisor(trio.abc.Instrument):
             )
             return
         if self.failure is not None or self.interrupted:
-            self._deliver_if_next(now, probe)  # bytes in flight still arrive in teardown
-            self._watch_teardown(now, probe)
+            self._deliver_while_idle(probe)  # bytes in flight still arrive in teardown
+            self._watch_teardown(self.clock.current_time(), probe)
             return
+        # A push (SimStream.receive_into) may wake no task and ask for a later
+        # arrival; trio's autojump would then skip to its next *timer*, past that
+        # arrival.  So while only the network's wake-ups fired, look again.
+        while self._move_time(now, probe):
+            now = self.clock.current_time()
+            if self._out_of_wall_time(now):
+                return
+
+    def _move_time(self, now: float, probe: RunnerProbe) -> bool:
+        """With nothing to run: move the clock to what comes next, or fail the seed.
+
+        True if it fired only network wake-ups (what they did may need another look).
+        """
         if probe.has_runnable_tasks() or probe.has_idle_waiters():
-            return
+            return False
         if self.finished:
-            self._deliver_if_next(now, probe)
-            return
+            self._deliver_while_idle(probe)
+            return False
         program_deadline = probe.next_deadline()
         arrival = self.wakeups.next_time()
         next_deadline = min(program_deadline, arrival)
@@ -180,7 +193,7 @@ class Supervisor(trio.abc.Instrument):
             self.agenda.wake()
             if arrival <= event_at:
                 self.wakeups.fire_due(self.clock.current_time())
-            return
+            return False
         if (
             next_deadline < inf
             and next_deadline <= self.sim_time_budget
@@ -189,7 +202,7 @@ class Supervisor(trio.abc.Instrument):
             # Time moves to the next timer or arrival now, in this turn (trio's
             # autojump would spend a turn of its own on it).
             self._advance(now, next_deadline)
-            return
+            return arrival < program_deadline  # else trio's timer fires after this hook
         if self.phase == "shutdown" and next_deadline > self.grace_deadline:
             names = ", ".join(self.still_running()) or "?"
             how = (
@@ -218,14 +231,32 @@ class Supervisor(trio.abc.Instrument):
                 f"{self.phase} phase: the next timer is at {next_deadline:.3f}s.\n"
                 f"{self.waiting_tasks()}",
             )
+        return False
 
-    def _deliver_if_next(self, now: float, probe: RunnerProbe) -> None:
-        """Fire the network's next wake-up if nothing runs and no trio timer comes first."""
-        if probe.has_runnable_tasks() or probe.has_idle_waiters():
-            return
-        arrival = self.wakeups.next_time()
-        if arrival < inf and arrival <= probe.next_deadline():
+    def _deliver_while_idle(self, probe: RunnerProbe) -> None:
+        """Fire the network's wake-ups while nothing runs and no trio timer comes first."""
+        while not (probe.has_runnable_tasks() or probe.has_idle_waiters()):
+            arrival = self.wakeups.next_time()
+            if arrival == inf or arrival > probe.next_deadline():
+                return
+            now = self.clock.current_time()
             self._advance(now, arrival)
+            if time.perf_counter() > self._wall_deadline:
+                return  # a livelock of pushes: the teardown watch deals with it
+
+    def _out_of_wall_time(self, now: float) -> bool:
+        """Fail the seed if it ran past its wall-clock budget (checked while time moves
+        without a turn of the run loop: pushes that answer each other at once)."""
+        if time.perf_counter() <= self._wall_deadline:
+            return False
+        self.fail(
+            "wall_time_budget",
+            f"iteration exceeded its wall-clock budget of {self.wall_time_budget}s "
+            f"(sim time {now:.3f}s, {self.phase} phase); bytes handed over between turns "
+            f"(SimStream.receive_into) may be answering each other without end.\n"
+            f"{self.waiting_tasks()}",
+        )
+        return True
 
     def _advance(self, now: float, to: float) -> None:
         """Move the clock to ``to`` and wake what is due then, in this turn.

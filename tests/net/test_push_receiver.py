@@ -163,6 +163,34 @@ async def test_bytes_arriving_as_delivery_is_cancelled_are_neither_lost_nor_swal
                 assert fresh == [b"BAD"]
 
 
+@pytest.mark.anyio
+async def test_on_data_failing_after_cancelling_its_reader_raises_its_failure() -> None:
+    """Not swallowed with the cancellation it caused (found in the simulated twin)."""
+    client, server = await real_pair()
+    async with client, server:
+        receive_into = receiver_of(server)
+        raised: list[ValueError] = []
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as group:
+
+                async def reader() -> None:
+                    with anyio.CancelScope() as scope:
+
+                        def on_data(data: bytes) -> None:
+                            scope.cancel()
+                            raise ValueError("bad frame")
+
+                        try:
+                            await receive_into(on_data)
+                        except ValueError as exc:
+                            raised.append(exc)
+
+                group.start_soon(reader)
+                await anyio.sleep(0.05)  # the reader waits inside receive_into
+                await client.send(b"hello")  # handed over by the read callback
+        assert [str(exc) for exc in raised] == ["bad frame"]
+
+
 class _BufferStyleStream(anyio.abc.ByteStream):
     """A stream whose ``receive_into`` means what ``socket.recv_into`` means."""
 

@@ -245,3 +245,99 @@ def _tolerating_resets(workload: Workload) -> Workload:
             pass  # what a reset leaves is checked by the first test
 
     return tolerant
+
+
+# -- found by review: timing, errors that must not vanish, livelocks -----------------------
+
+
+def test_each_chunk_is_handed_over_when_it_arrives() -> None:
+    """A push that wakes no task (half a frame, say) asks for the next arrival; trio's
+    autojump used to skip past it to the next *trio* timer, here 5 s away, so the
+    bytes came seconds late (a transport reply waited for the 1 s ping timer)."""
+
+    async def workload(ctx: WorkloadContext) -> None:
+        pushes: list[tuple[float, int]] = []
+
+        def on_data(data: bytes) -> None:
+            pushes.append((trio.current_time(), len(data)))  # wakes nobody
+
+        async with _connected(ctx) as (client, server):
+            for _ in range(5):
+                await client.send(b"x" * 10)  # arrivals spread by the per-pair latency
+            last_arrival = max(arrival for arrival, _ in server._in.chunks)
+            with trio.move_on_after(5.0):  # the only trio timer
+                await _receiver(server)(on_data)
+            assert sum(size for _, size in pushes) == 50
+            assert max(at for at, _ in pushes) <= last_arrival, (pushes, last_arrival)
+            sometimes(len(pushes) > 1, "the chunks came in several pushes")
+
+    _run_under_chaos(_tolerating_resets(workload))
+
+
+def test_on_data_failing_after_cancelling_its_reader_raises_its_failure() -> None:
+    async def workload(ctx: WorkloadContext) -> None:
+        raised: list[ValueError] = []
+        async with _connected(ctx) as (client, server):
+            await client.send(b"hello")
+            with trio.fail_after(TIMEOUT), trio.CancelScope() as scope:
+
+                def on_data(data: bytes) -> None:
+                    scope.cancel()
+                    raise ValueError("bad frame")
+
+                try:
+                    await _receiver(server)(on_data)
+                except ValueError as exc:
+                    raised.append(exc)
+            # Not swallowed with the Cancelled it caused by the scope that caught that.
+            assert [str(exc) for exc in raised] == ["bad frame"]
+
+    _run_under_chaos(_tolerating_resets(workload))
+
+
+class _Stop(BaseException):
+    pass
+
+
+def test_a_base_exception_from_on_data_is_raised_by_the_reader() -> None:
+    """Not into the run loop: trio would disable the supervisor, and the run hang."""
+
+    async def workload(ctx: WorkloadContext) -> None:
+        async with _connected(ctx) as (client, server):
+            await client.send(b"hello")
+
+            def on_data(data: bytes) -> None:
+                raise _Stop
+
+            with trio.fail_after(TIMEOUT), pytest.raises(_Stop):
+                await _receiver(server)(on_data)
+
+    _run_under_chaos(_tolerating_resets(workload))
+
+
+def test_two_readers_answering_each_other_forever_fail_the_wall_time_budget() -> None:
+    """With no latency, two push readers echoing from on_data never let a turn end;
+    the seed fails on its wall-clock budget instead of hanging.  (No network faults:
+    the livelock needs bytes that arrive the instant they are sent.)"""
+
+    async def workload(ctx: WorkloadContext) -> None:
+        async with _connected(ctx) as (client, server):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_receiver(server), server.send_nowait)
+                nursery.start_soon(_receiver(client), client.send_nowait)
+                await client.send(b"ping")
+                await trio.sleep(1)
+
+    report = (
+        SimulationBuilder()
+        .set_database(None)
+        .set_iteration_control(FixedCount(1))
+        .enable_buggify()
+        .set_chaos(ChaosConfig.none())
+        .set_wall_time_budget(1.0)
+        .register_workload("peer", workload)
+        .run()
+    )
+    [failure] = report.failures
+    assert failure.kind == "wall_time_budget", failure
+    assert "SimStream.receive_into" in failure.error
