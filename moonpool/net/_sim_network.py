@@ -326,10 +326,10 @@ class SimStream(anyio.abc.ByteStream):
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._receiving:
             raise anyio.BusyResourceError("receiving")
-        direction = self._in
-        if direction.wakeups is None:
+        if not self.pushes:
             while True:
                 on_data(await self.receive())
+        direction = self._in
         self._receiving = True
         self._on_data = on_data
         direction.push = self._push

@@ -42,6 +42,18 @@ def _run_under_chaos(workload: Workload) -> None:
     )
 
 
+def _tolerating_resets(workload: Workload) -> Workload:
+    """The workload, a seed whose connection was reset counting as done."""
+
+    async def tolerant(ctx: WorkloadContext) -> None:
+        try:
+            await workload(ctx)
+        except* anyio.BrokenResourceError:
+            pass  # what a reset leaves is checked by the first test
+
+    return tolerant
+
+
 @asynccontextmanager
 async def _connected(ctx: WorkloadContext) -> AsyncIterator[tuple[SimStream, SimStream]]:
     """A connection from the workload's host to itself, through injected refusals."""
@@ -233,18 +245,6 @@ def test_concurrent_reads_are_busy_and_close_ends_delivery() -> None:
             assert len(outcome) == 1
 
     _run_under_chaos(_tolerating_resets(workload))
-
-
-def _tolerating_resets(workload: Workload) -> Workload:
-    """The workload, a seed whose connection was reset counting as done."""
-
-    async def tolerant(ctx: WorkloadContext) -> None:
-        try:
-            await workload(ctx)
-        except* anyio.BrokenResourceError:
-            pass  # what a reset leaves is checked by the first test
-
-    return tolerant
 
 
 # -- found by review: timing, errors that must not vanish, livelocks -----------------------
