@@ -101,7 +101,10 @@ class ClientTransport:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._max_frame_size = max_frame_size
         self._drivers: dict[type[Any], TransportDriver[Any]] = {}
-        self._waiters: dict[tuple[type[Any], int], _Waiter] = {}
+        # Per envelope type (each has its own protocol, so correlation ids may
+        # coincide across types), by correlation id: an int key, not a tuple that
+        # the cyclic GC would track for the whole call.
+        self._waiters: dict[type[Any], dict[int, _Waiter]] = {}
         self._tasks: BackgroundTasks | None = None
         self._loop: LoopBindings | None = None
         self._state = "new"
@@ -117,7 +120,7 @@ class ClientTransport:
         self._first_id = (self._rng.getrandbits(31) or 1) << 32
 
     def __repr__(self) -> str:
-        return f"<ClientTransport {self._state} pending={len(self._waiters)}>"
+        return f"<ClientTransport {self._state} pending={self.pending}>"
 
     async def __aenter__(self) -> Self:
         if self._state != "new":
@@ -171,8 +174,9 @@ class ClientTransport:
             self._tasks.cancel()
 
     def _deliver_all(self, driver: TransportDriver[Any]) -> None:
+        waiters = self._waiters[driver.protocol.envelope_type]
         while (completion := driver.protocol.poll_completion()) is not None:
-            self._complete(driver.protocol.envelope_type, completion)
+            _complete(waiters, completion)
 
     @property
     def closed(self) -> bool:
@@ -186,7 +190,7 @@ class ClientTransport:
     @property
     def pending(self) -> int:
         """Requests waiting for a reply."""
-        return len(self._waiters)
+        return sum(map(len, self._waiters.values()))
 
     def stats(self, envelope: type[Envelope] | None = None) -> Any:
         """The protocol counters for ``envelope`` (default: the transport's envelope).
@@ -213,11 +217,12 @@ class ClientTransport:
             )
             if self._run is not None:
                 protocol.on_event = self._run_note
+            waiters = self._waiters[envelope] = {}
             driver = TransportDriver(
                 self._network,
                 protocol,
                 self._tasks,
-                on_completion=lambda c: self._complete(envelope, c),
+                on_completion=lambda c: _complete(waiters, c),
                 peer_config=self._peer_config,
                 rng=self._rng,
                 failure_monitor=self.failure_monitor,
@@ -226,12 +231,6 @@ class ClientTransport:
             )
             self._drivers[envelope] = driver
         return driver
-
-    def _complete(self, envelope: type[Any], completion: Completion) -> None:
-        waiter = self._waiters.get((envelope, completion.correlation_id))
-        if waiter is not None and waiter.completion is None:
-            waiter.completion = completion
-            waiter.event.set()
 
     def _not_open(self) -> TransportClosed:
         if self._state == "closed":
@@ -459,8 +458,8 @@ class ClientTransport:
             # other tasks -- the writer that would make room, say -- run.
             await anyio.lowlevel.checkpoint()
             raise
-        key = (envelope, correlation_id)
-        waiter = self._waiters[key] = _Waiter(loop.new_event())
+        waiters = self._waiters[envelope]
+        waiter = waiters[correlation_id] = _Waiter(loop.new_event())
         try:
             driver.flush()
             # No timer of our own: the protocol owns this request's deadline, and the
@@ -485,7 +484,7 @@ class ClientTransport:
         finally:
             if self._run is not None and waiter.completion is None:
                 self._run_note(f"request {correlation_id} to {destination} cancelled")
-            del self._waiters[key]
+            del waiters[correlation_id]
             if waiter.completion is None:
                 # Timed out or cancelled: a reply arriving later is dropped and
                 # counted, and a frame still queued is dropped unwritten.
@@ -506,6 +505,13 @@ class ClientTransport:
         """
         breaker = self._breakers.get(address)
         return "closed" if breaker is None else breaker.state.value
+
+
+def _complete(waiters: dict[int, _Waiter], completion: Completion) -> None:
+    waiter = waiters.get(completion.correlation_id)
+    if waiter is not None and waiter.completion is None:
+        waiter.completion = completion
+        waiter.event.set()
 
 
 def _check_destination(destination: str) -> None:

@@ -16,7 +16,7 @@ a transport is open, so the transport binds both when it is entered:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol, final
 
 import anyio
@@ -33,7 +33,7 @@ class OneShotEvent(Protocol):
 
     def is_set(self) -> bool: ...
 
-    async def wait(self) -> None: ...
+    def wait(self) -> Awaitable[None]: ...
 
 
 @final
@@ -63,14 +63,15 @@ class FutureEvent:
         future = self._future
         return future.done() and not future.cancelled()
 
-    async def wait(self) -> None:
+    def wait(self) -> Awaitable[None]:
+        """The future itself, not a coroutine around it: a call in flight keeps one
+        object less alive for the cyclic GC to scan."""
         future = self._future
         if future.done():
             if not future.cancelled():
-                await anyio.lowlevel.checkpoint()  # set already: still a checkpoint
-                return
+                return anyio.lowlevel.checkpoint()  # set already: still a checkpoint
             future = self._future = future.get_loop().create_future()
-        await future
+        return future
 
 
 class LoopBindings(NamedTuple):

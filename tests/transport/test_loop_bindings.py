@@ -63,9 +63,12 @@ async def test_cancelled_wait_leaves_the_event_usable() -> None:
     other = bind_running_loop().new_event()
     with anyio.move_on_after(0.01):
         await other.wait()
+    async def wait_for_other() -> None:
+        await other.wait()  # an awaitable, not necessarily a coroutine function
+
     with anyio.fail_after(5):  # and a fresh wait after a cancelled one still wakes
         async with anyio.create_task_group() as group:
-            group.start_soon(other.wait)
+            group.start_soon(wait_for_other)
             await anyio.sleep(0.01)
             other.set()
     assert other.is_set()
