@@ -37,6 +37,7 @@ from moonpool.net._nowait import nonblocking_sender, push_receiver
 from moonpool.transport._errors import SendQueueFull, SerializationError, TransportClosed
 from moonpool.transport._frame_queue import FrameQueue, write_frames
 from moonpool.transport._framing import DEFAULT_MAX_FRAME_SIZE
+from moonpool.transport._loop_bindings import bind_running_loop
 
 __all__ = ["Peer", "PeerConfig", "PeerStats"]
 
@@ -439,6 +440,11 @@ class Peer:
         receive_into = push_receiver(stream)
         frame_timeout, buffered = self.config.frame_timeout, self._buffered
         generation = self._generation
+        # Bound here, in the actor task: on asyncio on_data runs in the loop's read
+        # callback, outside any task, where anyio cannot tell which library runs
+        # (under a plain asyncio.run, anyio.current_time() raised there, and a reply
+        # split across two reads ended the whole transport).
+        now = bind_running_loop().now
         # Its deadline is armed while a frame is half received (see PeerConfig).
         half_frame = anyio.CancelScope()
         async with stream, anyio.create_task_group() as group:
@@ -461,9 +467,7 @@ class Peer:
                 if frame_timeout is not None and buffered is not None:
                     partial = buffered() > 0
                     if partial != (half_frame.deadline < math.inf):
-                        half_frame.deadline = (
-                            anyio.current_time() + frame_timeout if partial else math.inf
-                        )
+                        half_frame.deadline = now() + frame_timeout if partial else math.inf
 
             async def reader() -> None:
                 try:

@@ -63,6 +63,7 @@ async def test_cancelled_wait_leaves_the_event_usable() -> None:
     other = bind_running_loop().new_event()
     with anyio.move_on_after(0.01):
         await other.wait()
+
     async def wait_for_other() -> None:
         await other.wait()  # an awaitable, not necessarily a coroutine function
 
