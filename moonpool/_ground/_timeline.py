@@ -31,6 +31,7 @@ __all__ = [
     "Timeline",
     "TimelineEvent",
     "format_timeline",
+    "current_host",
     "set_current_host",
 ]
 
@@ -75,6 +76,12 @@ _host: ContextVar[str] = ContextVar("moonpool_host", default="")
 def set_current_host(name: str) -> None:
     """Name the host of the running task (and of every task it starts from now on)."""
     _host.set(name)
+
+
+def current_host() -> str:
+    """The running task's host ("" outside any host's tasks): what an object that
+    notes events from outside any task (a push callback) captures first."""
+    return _host.get()
 
 
 RawEvent = tuple[float, str, str, str]

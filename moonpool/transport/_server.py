@@ -36,8 +36,9 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 
 from moonpool._ground._run import current_run
+from moonpool._ground._timeline import current_host
 from moonpool.net import InvalidAddress, Listener, NetworkProvider
-from moonpool.net._nowait import nonblocking_sender
+from moonpool.net._nowait import PushReceiver, nonblocking_sender, push_receiver
 from moonpool.transport._background import BackgroundTasks
 from moonpool.transport._dead_letters import DEFAULT_DEAD_LETTERS, DeadLetters
 from moonpool.transport._envelope import Envelope, KindedEnvelope, RequestResponseEnvelope
@@ -50,6 +51,7 @@ from moonpool.transport._errors import (
 )
 from moonpool.transport._frame_queue import ByteBudget, FrameQueue, write_frames
 from moonpool.transport._framing import DEFAULT_MAX_FRAME_SIZE
+from moonpool.transport._loop_bindings import bind_running_loop
 from moonpool.transport._protocol import ONE_WAY_ID, PING_ID, TransportProtocol
 from moonpool.transport._request_queue import FairQueue
 
@@ -326,6 +328,21 @@ def _source_of(stream: anyio.abc.ByteStream, fallback: str) -> str:
     return fallback
 
 
+class _TaskNeeded(Exception):
+    """Internal: pushed requests need the connection's task (see ``_push_requests``)."""
+
+
+def _queued(pending: FairQueue[ReceivedEnvelope[E]], request: ReceivedEnvelope[E]) -> bool:
+    """Queue ``request`` for ``async for`` if there is room now; False if not (or closed:
+    the reading task then finds out, waiting for room, and ends)."""
+    try:
+        return pending.put_nowait(
+            request._connection.id, request, len(request.payload) + REQUEST_OVERHEAD
+        )
+    except anyio.ClosedResourceError:
+        return False
+
+
 @final
 class ServerTransport(Generic[E]):
     """Serves requests on one address; use as ``async with ServerTransport.bind(...)``.
@@ -392,6 +409,9 @@ class ServerTransport(Generic[E]):
             if timeout is not None and not 0 < timeout < math.inf:
                 raise ValueError(f"{name} must be positive and finite, or None, got {timeout!r}")
         self._run = current_run()  # a simulation's: its timeline hears of each request
+        # Whose events those are: pushed requests are noted outside any task, where
+        # the running task's host is not known (see _push_requests).
+        self._host = current_host()
         if idle_timeout is DEFAULT_IDLE_TIMEOUT and self._run is not None:
             # Simulated seeds run for simulated minutes with connections that are
             # idle by design; an idle close there is asked for, not imposed.
@@ -413,6 +433,8 @@ class ServerTransport(Generic[E]):
         # rest of a frame it has started.  Idle connections (between frames) are
         # not affected; max_connections bounds those.
         self._frame_timeout = frame_timeout
+        # The loop's clock, bound on entering (push callbacks run outside any task).
+        self._now: Callable[[], float] = anyio.current_time
         self._idle_timeout = None if idle_timeout is None else float(idle_timeout)
         self._pending: FairQueue[ReceivedEnvelope[E]] = FairQueue(
             max_pending_requests, max_pending_request_bytes
@@ -483,6 +505,13 @@ class ServerTransport(Generic[E]):
         return len(self._connections)
 
     @property
+    def queued_requests(self) -> int:
+        """Requests received and waiting for ``async for`` / ``receive()`` (at most
+        ``max_pending_requests``: a connection whose next request does not fit is
+        not read until there is room)."""
+        return len(self._pending)
+
+    @property
     def protocol_stats(self) -> Any:
         return self._protocol.stats
 
@@ -503,6 +532,7 @@ class ServerTransport(Generic[E]):
                 await self._listener.aclose()
             raise
         self._tasks = tasks
+        self._now = bind_running_loop().now
         self._state = "open"
         # The loop gets the listener and the task group as arguments: __aexit__ clears
         # ``self._tasks`` before the group finishes, and a task cancelled before its
@@ -831,28 +861,26 @@ class ServerTransport(Generic[E]):
                 self._protocol.connection_lost(connection.id, now=anyio.current_time())
 
     async def _read_loop(self, connection: _Connection) -> bool:
-        """Read requests until the connection ends; True if the client half-closed cleanly."""
-        protocol, stream = self._protocol, connection.stream
-        frame_timeout = budget = self._frame_timeout
+        """Read requests until the connection ends; True if the client half-closed cleanly.
+
+        While requests go to ``async for`` (no ``serve()`` handler) and the stream
+        can push (asyncio's read callback, a simulation's wake-ups), bytes are
+        decoded and queued for the application as they arrive, with no step of
+        this task per read; it takes over -- reading with ``receive()`` -- when a
+        request needs a task: ``serve()``'s handler runs in it, a full queue is
+        waited for here (backpressure), a writer must be started.
+        """
+        protocol = self._protocol
+        receive_into = push_receiver(connection.stream)
+        budget = self._frame_timeout
         while True:
             try:
                 before = protocol.buffered(connection.id)
-                if before and budget is not None:
-                    # Mid-frame: only the time spent waiting on the client counts, not
-                    # time spent blocked on a slow application below.
-                    waited_from = anyio.current_time()
-                    data: bytes | None = None
-                    with anyio.move_on_after(budget):
-                        data = await stream.receive()
-                    if data is None:
-                        self._slow_frame(connection, before)
-                        return False
-                    budget -= anyio.current_time() - waited_from
+                if receive_into is not None and self._handler is None:
+                    received = await self._push_requests(connection, receive_into)
+                    budget = self._frame_timeout  # waited on the client only, not on us
                 else:
-                    data = await stream.receive()
-                self._activity += 1
-                connection.last_active = self._activity
-                protocol.handle_received(connection.id, data)
+                    received, budget = await self._read_requests(connection, before, budget)
             except anyio.EndOfStream:
                 partial = protocol.buffered(connection.id)
                 if not partial:
@@ -869,10 +897,82 @@ class ServerTransport(Generic[E]):
             except SerializationError as exc:
                 self._bad_input(connection, exc)
                 return False
-            if before + len(data) > protocol.buffered(connection.id):
-                budget = frame_timeout  # a frame completed: the next gets full time
-            if not await self._deliver(self._take_received()):
+            if received is None:
+                self._slow_frame(connection, protocol.buffered(connection.id))
                 return False
+            self._ensure_writer(connection)  # a ping answer may have left a backlog
+            if not await self._deliver(received):
+                return False
+
+    async def _read_requests(
+        self, connection: _Connection, before: int, budget: float | None
+    ) -> tuple[list[ReceivedEnvelope[E]] | None, float | None]:
+        """One ``receive()``'s requests and the frame budget left (None: it ran out)."""
+        protocol, stream = self._protocol, connection.stream
+        if before and budget is not None:
+            # Mid-frame: only the time spent waiting on the client counts, not
+            # time spent blocked on a slow application below.
+            waited_from = anyio.current_time()
+            data: bytes | None = None
+            with anyio.move_on_after(budget):
+                data = await stream.receive()
+            if data is None:
+                return None, budget
+            budget -= anyio.current_time() - waited_from
+        else:
+            data = await stream.receive()
+        self._activity += 1
+        connection.last_active = self._activity
+        protocol.handle_received(connection.id, data)
+        if before + len(data) > protocol.buffered(connection.id):
+            budget = self._frame_timeout  # a frame completed: the next gets full time
+        return self._take_received(), budget
+
+    async def _push_requests(
+        self, connection: _Connection, receive_into: PushReceiver
+    ) -> list[ReceivedEnvelope[E]] | None:
+        """Queue pushed requests for ``async for`` until some need this task.
+
+        Returns the requests it could not queue without waiting (possibly none:
+        a ``serve()`` handler appeared, or a writer must be started), or None when
+        a frame stayed unfinished for ``frame_timeout``.  ``on_data`` runs outside
+        any task on asyncio, so it touches nothing of anyio's but events it sets;
+        the clock is the one bound when the server was entered.
+        """
+        protocol, pending = self._protocol, self._pending
+        connection_id = connection.id
+        frame_timeout = self._frame_timeout
+        now = self._now
+        held: list[ReceivedEnvelope[E]] = []
+        # Armed while a frame is half received, from when it began (or the last
+        # one completed): push mode only ever waits on the client.
+        half_frame = anyio.CancelScope()
+
+        def on_data(data: bytes) -> None:
+            self._activity += 1
+            connection.last_active = self._activity
+            before = protocol.buffered(connection_id)
+            protocol.handle_received(connection_id, data)
+            received = self._take_received()
+            for index, request in enumerate(received):
+                if self._handler is not None or not _queued(pending, request):
+                    held.extend(received[index:])
+                    raise _TaskNeeded
+            if connection.outbox and connection.writer_done is None:
+                raise _TaskNeeded  # a ping's answer did not fit the socket: start a writer
+            if frame_timeout is not None:
+                buffered = protocol.buffered(connection_id)
+                if not buffered:
+                    half_frame.deadline = math.inf
+                elif before + len(data) > buffered or half_frame.deadline == math.inf:
+                    half_frame.deadline = now() + frame_timeout
+
+        with half_frame:
+            try:
+                await receive_into(on_data)
+            except _TaskNeeded:
+                return held
+        return None  # only the half-frame deadline ends the block without an error
 
     def _take_received(self) -> list[ReceivedEnvelope[E]]:
         """Every request decoded so far, each counted as owed by its connection."""
@@ -904,6 +1004,7 @@ class ServerTransport(Generic[E]):
                     "rpc",
                     f"received {'request' if expects_reply else 'one-way message'} "
                     f"{correlation_id} from {origin.source}",
+                    self._host,
                 )
             if expects_reply:
                 # Counted before any is handled, so that replies to all but the last
@@ -954,8 +1055,8 @@ class ServerTransport(Generic[E]):
         self.stats.pings_answered += 1
         # Tagged, so that a ping answer dropped at close is not counted as a reply.
         outbox.put(self._protocol.send(envelope.create_reply(b"")), write_now=True, tag=_PING_TAG)
-        if outbox and connection.writer_done is None:
-            self._start_writer(connection)
+        # A backlog left here gets its writer from the reading task (_ensure_writer):
+        # this may run in a push callback, outside any task, where none can start.
 
     def _dead_replies(self, source: str, count: int, reason: str) -> None:
         if count:
@@ -1030,6 +1131,10 @@ class ServerTransport(Generic[E]):
             type(exc).__name__,
             exc,
         )
+
+    def _ensure_writer(self, connection: _Connection) -> None:
+        if connection.outbox and connection.writer_done is None:
+            self._start_writer(connection)
 
     def _start_writer(self, connection: _Connection) -> None:
         if connection.tasks is None:
