@@ -256,3 +256,40 @@ def test_trio_streams_and_simulated_ones_outside_a_simulation_do_not_push() -> N
             assert push_receiver(sim_server) is None
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.mark.anyio
+async def test_connections_sharing_the_loops_read_buffer_keep_their_own_bytes() -> None:
+    """Every connection of a loop reads into one shared buffer (a read allocates only
+    what came): 20 connections receiving at once, half by push and half by
+    ``receive()``, each get exactly their own bytes, with a pattern per connection
+    that a byte from another connection (or a reused, stale buffer) would break."""
+    pairs = [await real_pair() for _ in range(20)]
+    size = 600_000  # several full reads each
+    expected = [bytes((i * 7 + n) % 251 for n in range(size)) for i in range(len(pairs))]
+    got = [bytearray() for _ in pairs]
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as group:
+            for index, (client, server) in enumerate(pairs):
+
+                async def write(client: anyio.abc.ByteStream = client, index: int = index) -> None:
+                    for start in range(0, size, 70_000):
+                        await client.send(expected[index][start : start + 70_000])
+                    await client.send_eof()
+
+                async def read(server: anyio.abc.ByteStream = server, index: int = index) -> None:
+                    if index % 2:
+                        with pytest.raises(anyio.EndOfStream):
+                            await receiver_of(server)(got[index].extend)
+                        return
+                    while len(got[index]) < size:
+                        got[index].extend(await server.receive())
+                    with pytest.raises(anyio.EndOfStream):
+                        await server.receive()
+
+                group.start_soon(write)
+                group.start_soon(read)
+    for client, server in pairs:
+        await client.aclose()
+        await server.aclose()
+    assert [bytes(data) for data in got] == expected
